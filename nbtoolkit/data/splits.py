@@ -1,0 +1,140 @@
+"""Seeded, stratified splits that never touch global random state, and the seed 003 recipe as a preset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from nbtoolkit.errors import DataError, unknown_name_message
+
+
+@dataclass(frozen=True)
+class SplitPreset:
+    """Disjoint split sizes (row counts) plus derived splits built as unions of them."""
+
+    name: str
+    sizes: dict[str, int]
+    unions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes.values())
+
+
+SPLIT_PRESETS: dict[str, SplitPreset] = {
+    "seed-003": SplitPreset(
+        "seed-003",
+        sizes={"sft": 3500, "eval": 500, "rft": 700},
+        # RFT trains on its own rows plus every SFT row, so it keeps what SFT taught (seed 003).
+        unions={"rft": ("rft", "sft")},
+        description="3,500 SFT / 500 eval / 700 RFT; the RFT set is the 700 RFT rows plus all 3,500 SFT rows",
+    ),
+}
+
+
+def stratified_order(labels: pd.Series | None, n: int, seed: int) -> np.ndarray:
+    """A permutation of 0..n-1 in which every prefix keeps the label proportions.
+
+    Rows are shuffled within their label and ranked by (position + jitter) / label size, so cutting the
+    order into consecutive pieces gives stratified splits of any sizes.
+    """
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return rng.permutation(n)
+    codes, _ = pd.factorize(labels.astype(str), sort=True)
+    rank = np.empty(n)
+    for code in np.unique(codes):
+        members = np.flatnonzero(codes == code)
+        shuffled = rng.permutation(members)
+        rank[shuffled] = (np.arange(len(members)) + rng.random(len(members))) / len(members)
+    return np.argsort(rank, kind="stable")
+
+
+def scale_sizes(sizes: dict[str, int], n_rows: int) -> dict[str, int]:
+    """Shrink `sizes` proportionally to fit `n_rows` (largest remainder, every split keeps >= 1 row)."""
+    total = sum(sizes.values())
+    if total <= n_rows:
+        return dict(sizes)
+    if n_rows < len(sizes):
+        raise DataError(f"{n_rows} rows cannot be split into {len(sizes)} non-empty splits")
+    exact = {k: v * n_rows / total for k, v in sizes.items()}
+    scaled = {k: max(1, int(v)) for k, v in exact.items()}
+    by_remainder = sorted(exact, key=lambda k: exact[k] - int(exact[k]), reverse=True)
+    i = 0
+    while sum(scaled.values()) < n_rows:
+        scaled[by_remainder[i % len(by_remainder)]] += 1
+        i += 1
+    while sum(scaled.values()) > n_rows:
+        largest = max(scaled, key=scaled.get)
+        scaled[largest] -= 1
+    return scaled
+
+
+def split_frame(
+    frame: pd.DataFrame,
+    sizes: dict[str, int | float],
+    *,
+    label_column: str | None = None,
+    seed: int = 0,
+    unions: dict[str, tuple[str, ...]] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Split `frame` into disjoint parts of the given sizes (row counts, or fractions summing to <= 1).
+
+    Stratified by `label_column` when given; deterministic for a seed; rows keep their index.
+    `unions` adds derived splits, e.g. {"rft": ("rft", "sft")}.
+    """
+    n = len(frame)
+    if all(isinstance(v, float) for v in sizes.values()):
+        if sum(sizes.values()) > 1 + 1e-9:
+            raise ValueError(f"split fractions sum to {sum(sizes.values()):.3f} > 1")
+        counts = {k: int(round(v * n)) for k, v in sizes.items()}
+    else:
+        counts = {k: int(v) for k, v in sizes.items()}
+    if any(v < 0 for v in counts.values()):
+        raise ValueError(f"split sizes must be positive: {counts}")
+    if sum(counts.values()) > n:
+        raise DataError(f"splits need {sum(counts.values()):,} rows but the data has {n:,}; "
+                        "use fewer rows per split or scale_to_fit=True", source=frame.attrs.get("source"))
+    labels = frame[label_column] if label_column else None
+    order = stratified_order(labels, n, seed)
+    parts: dict[str, pd.DataFrame] = {}
+    start = 0
+    for name, count in counts.items():
+        parts[name] = frame.iloc[np.sort(order[start:start + count])]
+        start += count
+    for name, members in (unions or {}).items():
+        for member in members:
+            if member not in parts:
+                raise ValueError(unknown_name_message("split", member, parts))
+        parts[name] = pd.concat([parts[m] for m in members])
+    for part in parts.values():
+        part.attrs.update(frame.attrs)
+    return parts
+
+
+def split_with_preset(
+    frame: pd.DataFrame,
+    preset: str | SplitPreset,
+    *,
+    label_column: str | None = None,
+    seed: int = 0,
+    scale_to_fit: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """Apply a named preset; with `scale_to_fit`, a smaller dataset gets proportionally smaller splits."""
+    if isinstance(preset, str):
+        if preset not in SPLIT_PRESETS:
+            raise ValueError(unknown_name_message("split preset", preset, SPLIT_PRESETS))
+        preset = SPLIT_PRESETS[preset]
+    sizes = scale_sizes(preset.sizes, len(frame)) if scale_to_fit else preset.sizes
+    return split_frame(frame, sizes, label_column=label_column, seed=seed, unions=preset.unions)
+
+
+def label_distribution(parts: dict[str, pd.DataFrame], label_column: str) -> pd.DataFrame:
+    """Rows per label (rows) and split (columns), with a total row."""
+    table = pd.DataFrame({name: part[label_column].astype(str).value_counts() for name, part in parts.items()})
+    table = table.fillna(0).astype(int).sort_index()
+    table.loc["total"] = table.sum()
+    return table
