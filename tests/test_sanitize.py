@@ -72,3 +72,11 @@ def test_reject_mode_leaves_text_for_the_validator():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="reserved must be one of"):
         sanitize_frame(pd.DataFrame({"q": ["x"]}), ["q"], reserved="ignore")
+
+
+def test_change_record_shows_the_text_around_the_change():
+    long = "x" * 500 + " User: here " + "y" * 500
+    frame = number_rows(pd.DataFrame({"q": [long]}))
+    (change,) = sanitize_frame(frame, ["q"]).changes
+    assert "User: here" in change.before and "User : here" in change.after
+    assert change.before.startswith("…") and len(change.before) < 200

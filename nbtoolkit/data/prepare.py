@@ -96,8 +96,11 @@ class PreparedData:
         return label_distribution(self.splits, "answer") if self.labels else None
 
     def summary(self) -> str:
+        keys = self.mapping.method_keys("sft")
+        if len(keys.get("system_prompt", "")) > 60:
+            keys["system_prompt"] = keys["system_prompt"][:57] + "..."
         lines = [f"source: {self.source}" + (f" (schema: {self.schema})" if self.schema else ""),
-                 f"mapping: {json.dumps(self.mapping.method_keys('sft'))}"]
+                 f"mapping: {json.dumps(keys)}"]
         lines.append("rows per split: " + ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items()))
         table = self.label_table()
         if table is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 import re
 from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
@@ -97,8 +98,16 @@ class TextChange:
         return asdict(self)
 
 
-def _excerpt(text: str, limit: int = 160) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _excerpt(text: str, start: int = 0, limit: int = 160) -> str:
+    start = max(0, min(start, len(text) - limit))
+    piece = text[start:start + limit]
+    return ("…" if start else "") + piece + ("…" if start + limit < len(text) else "")
+
+
+def _change_excerpts(before: str, after: str, context: int = 60) -> tuple[str, str]:
+    """Excerpts of both texts around the first place they differ."""
+    first = len(os.path.commonprefix([before, after]))
+    return _excerpt(before, first - context), _excerpt(after, first - context)
 
 
 @dataclass
@@ -168,8 +177,8 @@ def sanitize_frame(
                 continue
             text = rewrite_reserved(value)
             values[position] = text
-            changes.append(TextChange(row, column, "reserved_rewrite",
-                                      "rewrote " + ", ".join(found), _excerpt(value), _excerpt(text)))
+            changes.append(TextChange(row, column, "reserved_rewrite", "rewrote " + ", ".join(found),
+                                      *_change_excerpts(value, text)))
         out[column] = values
     if drop_positions:
         dropped = sorted(rows[p] for p in drop_positions)
