@@ -32,7 +32,7 @@ def test_kaggle_schema_is_mapped_cleaned_split_and_validated():
     assert prepared.schema == "kaggle-stackoverflow"
     assert prepared.mapping.question == ("Title", "Body") and prepared.mapping.answer == ("Y",)
     assert prepared.mapping.system_prompt == STACKOVERFLOW_SYSTEM_PROMPT
-    assert prepared.labels == ("HQ", "LQ_CLOSE", "LQ_EDIT")
+    assert prepared.labels == ("HQ", "LQ_EDIT", "LQ_CLOSE")
     sizes = {k: len(v) for k, v in prepared.splits.items()}
     assert sizes["sft"] + sizes["eval"] + sizes["rft"] - sizes["sft"] == 90
     assert prepared.ok, prepared.summary()

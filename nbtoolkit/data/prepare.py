@@ -180,7 +180,9 @@ def prepare_dataset(
 
     labels = config.labels
     if labels is None and method == "sft":
-        labels = infer_labels(rows["answer"]) or (task.labels if task else None)
+        labels = infer_labels(rows["answer"])
+        if task and (labels is None or set(labels) == set(task.labels)):
+            labels = task.labels  # the task's own order, e.g. HQ, LQ_EDIT, LQ_CLOSE
     if config.split:
         parts = split_with_preset(rows, config.split, label_column="answer" if labels else None,
                                   seed=config.seed, scale_to_fit=config.scale_to_fit)

@@ -1,0 +1,151 @@
+"""The `nbtoolkit` command line: the same configs and functions the notebooks use."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from nbtoolkit.errors import NbtoolkitError
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    labels = tuple(label.strip() for label in text.split(",") if label.strip())
+    if not labels:
+        raise argparse.ArgumentTypeError("give labels as A,B,C")
+    return labels
+
+
+def _columns(values: list[str] | None) -> tuple[str, ...]:
+    """--question Title --question Body, or --question Title,Body."""
+    return tuple(part.strip() for value in values or () for part in value.split(",") if part.strip())
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="load, map, sanitize, split, validate and write a dataset",
+                       description="Write one JSONL per split and format plus validation.json into --out.")
+    p.add_argument("--data", required=True, help="CSV, TSV, JSON, JSONL or Parquet file, or an s3:// URI")
+    p.add_argument("--out", required=True, help="output directory (must be new or empty)")
+    p.add_argument("--question", action="append", help="question column; repeat or comma-separate to combine")
+    p.add_argument("--answer", help="answer / label column")
+    system = p.add_mutually_exclusive_group()
+    system.add_argument("--system-prompt", help="one system prompt for every row")
+    system.add_argument("--system", help="column holding a per-row system prompt")
+    p.add_argument("--id", help="row id column (RFT)")
+    p.add_argument("--metadata", action="append", help="extra columns carried along (RFT, eval)")
+    p.add_argument("--labels", type=_labels, help="declared label set, e.g. HQ,LQ_EDIT,LQ_CLOSE")
+    p.add_argument("--split", default="seed-003", help="split preset, or 'none' (default: seed-003)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-scale", action="store_true", help="fail instead of shrinking the preset to fit the data")
+    p.add_argument("--reserved", default="rewrite", choices=["rewrite", "drop", "reject"],
+                   help="what to do with reserved strings (default: rewrite)")
+    p.add_argument("--html", action="append", help="columns to convert from HTML to text")
+    p.add_argument("--platform", default="local", choices=["local", "sagemaker", "bedrock"])
+    p.add_argument("--cpt", action="store_true", help="also write CPT text files")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    p.set_defaults(run=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from nbtoolkit.data.mapping import ColumnMapping
+    from nbtoolkit.data.prepare import PrepareConfig, prepare_dataset
+
+    mapping = None
+    if args.question or args.answer or args.system or args.system_prompt or args.id or args.metadata:
+        mapping = ColumnMapping(question=_columns(args.question), answer=args.answer or (),
+                                system=args.system, system_prompt=args.system_prompt, id=args.id,
+                                metadata=_columns(args.metadata))
+    config = PrepareConfig(
+        mapping=mapping, labels=args.labels, split=None if args.split == "none" else args.split, seed=args.seed,
+        scale_to_fit=not args.no_scale, reserved=args.reserved,
+        html_columns=_columns(args.html) if args.html else None, platform=args.platform, cpt=args.cpt)
+    prepared = prepare_dataset(args.data, config, out_dir=args.out, overwrite=args.overwrite)
+    print(prepared.summary())
+    return 0 if prepared.ok else 1
+
+
+def _add_synthetic(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synthetic", help="write the synthetic Stack Overflow-like demo dataset (Kaggle schema)")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--rows", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_synthetic)
+
+
+def _run_synthetic(args: argparse.Namespace) -> int:
+    from nbtoolkit.data.synthetic import write_stackoverflow_csv
+
+    path = write_stackoverflow_csv(args.out, n_rows=args.rows, seed=args.seed)
+    print(f"wrote {args.rows:,} synthetic rows to {path}")
+    return 0
+
+
+def _add_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="inspect models")
+    model_sub = p.add_subparsers(dest="model_command", required=True)
+    info = model_sub.add_parser("info", help="where a model comes from, its size, dtype, device, chat template")
+    info.add_argument("name", nargs="?", default="smollm2-135m-instruct",
+                      help="registry name, Hugging Face id or local path (default: the embedded model)")
+    info.set_defaults(run=_run_model_info)
+    listing = model_sub.add_parser("list", help="models the registry knows")
+    listing.set_defaults(run=_run_model_list)
+
+
+def _run_model_info(args: argparse.Namespace) -> int:
+    from nbtoolkit.models import format_model_info, model_info
+
+    print(format_model_info(model_info(args.name)))
+    return 0
+
+
+def _run_model_list(args: argparse.Namespace) -> int:
+    from nbtoolkit.models import list_models
+
+    for spec in list_models():
+        print(f"{spec.name:28s} {spec.kind:12s} {spec.description}")
+    return 0
+
+
+def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="the main job: prepare data, then evaluate the baseline model",
+                       description="Runs every stage in a new run directory under --runs-dir.")
+    p.add_argument("--data", help="input data (default: synthetic Stack Overflow-like data)")
+    p.add_argument("--profile", default="demo", choices=["demo", "tiny"],
+                   help="demo: the embedded model; tiny: a random 2-layer model, for smoke tests")
+    p.add_argument("--model", help="model name, Hugging Face id or local path (default: the profile's)")
+    p.add_argument("--baseline-samples", type=int, default=60, help="eval rows scored at baseline (0: all)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from nbtoolkit.pipeline import PipelineConfig, run_pipeline
+
+    config = PipelineConfig(data=args.data, profile=args.profile, model=args.model,
+                            baseline_samples=args.baseline_samples, runs_dir=args.runs_dir, seed=args.seed)
+    run_pipeline(config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbtoolkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    _add_synthetic(sub)
+    _add_model(sub)
+    _add_pipeline(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (NbtoolkitError, ValueError) as error:
+        print(f"nbtoolkit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
