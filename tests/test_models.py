@@ -179,6 +179,12 @@ def test_saved_tiny_model_reloads_from_its_directory(tmp_path):
     assert torch.equal(logits(loaded), logits(tiny))
 
 
+def test_a_run_directory_resolves_to_its_trained_model(tmp_path):
+    tiny_model(seed=1, vocab_from=None).save(tmp_path / "run" / "model")
+    spec = resolve_model(tmp_path / "run")
+    assert spec.kind == "local" and spec.source == str((tmp_path / "run" / "model").resolve())
+
+
 def test_directory_that_is_not_a_loadable_model_raises_model_error(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
     with pytest.raises(ModelError, match="cannot load"):

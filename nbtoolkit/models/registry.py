@@ -119,6 +119,10 @@ def resolve_model(name_or_path: str | os.PathLike[str] | ModelSpec) -> ModelSpec
         return _nova_spec(text, nova.group("variant"), known)
     path = Path(text).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+            # A training run directory: its final model lives in model/.
+            return ModelSpec(name=text, kind="local", source=str((path / "model").resolve()),
+                             description="model trained in this run directory")
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a model directory: it has no config.json (save one with save_pretrained)")
         return ModelSpec(name=text, kind="local", source=str(path.resolve()), description="local model directory")
