@@ -1,0 +1,115 @@
+"""What a running job writes into its run directory, and the names of those files.
+
+A run directory holds job.json (what was launched), status.json (where the job is), log.txt (readable lines),
+metrics.jsonl (one row per logged step), progress.json (what a progress bar shows), stdout.log (everything the
+process printed), result.json (what the job returned) and checkpoints/ (the job function's resume points).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "log.txt"
+PROGRESS_FILE = "progress.json"
+RESULT_FILE = "result.json"
+STATUS_FILE = "status.json"
+JOB_FILE = "job.json"
+STDOUT_FILE = "stdout.log"
+PID_FILE = "worker.pid"
+CHECKPOINT_DIR = "checkpoints"
+
+# Job states, as the SageMaker path reports them (REFERENCE.md §1); a stop is FAILED with stopped=True.
+IN_PROGRESS = "IN_PROGRESS"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+JOB_STATES = (IN_PROGRESS, COMPLETED, FAILED)
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 with seconds (what status.json and result.json record)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """A JSON file written with write_json_atomic, or `default` when it does not exist (yet)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON through a temp file and rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunLog:
+    """Append-only job output. Safe to read from another process while the job runs (one line per write)."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, echo: TextIO | None = sys.stdout) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.echo = echo
+        self._started = time.time()
+
+    def info(self, message: str) -> None:
+        """A human-readable line in log.txt (and on stdout)."""
+        stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+        line = f"{stamp} {message}"
+        with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        if self.echo is not None:
+            print(line, file=self.echo, flush=True)
+
+    def warning(self, message: str) -> None:
+        self.info(f"WARNING: {message}")
+
+    def metric(self, **values: Any) -> None:
+        """One row of metrics.jsonl (step, loss, lr, tokens_per_second, reward_mean, ...)."""
+        row = {"time": round(time.time() - self._started, 3), **{k: _finite(v) for k, v in values.items()}}
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, default=_jsonable) + "\n")
+
+    def progress(self, step: int, total: int, *, phase: str = "train") -> None:
+        """progress.json: what a progress bar in another process shows."""
+        elapsed = time.time() - self._started
+        write_json_atomic(self.run_dir / PROGRESS_FILE, {"phase": phase, "step": step, "total": total,
+                                                         "elapsed": round(elapsed, 2)})
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """Rows of metrics.jsonl; a line being written right now (no newline yet) is skipped."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if line.endswith("\n") and line.strip():
+            rows.append(json.loads(line))
+    return rows
