@@ -2,7 +2,7 @@
 .PHONY: pipeline test
 pipeline:
 	bash scripts/bootstrap.sh
-	.venv/bin/nbtoolkit pipeline
+	.venv/bin/nbtoolkit pipeline --profile quick
 
 test:
 	bash scripts/bootstrap.sh

@@ -107,23 +107,37 @@ def _run_model_list(args: argparse.Namespace) -> int:
 
 
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="the main job: prepare data, then evaluate the baseline model",
-                       description="Runs every stage in a new run directory under --runs-dir.")
-    p.add_argument("--data", help="input data (default: synthetic Stack Overflow-like data)")
-    p.add_argument("--profile", default="demo", choices=["demo", "tiny"],
-                   help="demo: the embedded model; tiny: a random 2-layer model, for smoke tests")
+    p = sub.add_parser("pipeline", help="the main job: baseline eval -> SFT -> eval -> RFT -> eval",
+                       description="Writes stages.json, per-stage predictions and report.html into --out.")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--data", help="one file, split with the seed 003 recipe (default: synthetic data)")
+    data.add_argument("--train", help="training file (SFT and RFT rows); needs --eval")
+    p.add_argument("--eval", help="evaluation file, rows never trained on")
+    p.add_argument("--question", "--text-col", dest="question", action="append",
+                   help="question column(s); repeat or comma-separate to combine")
+    p.add_argument("--answer", "--label-col", dest="answer", help="answer / label column")
+    p.add_argument("--system-prompt", help="one system prompt for every row")
+    p.add_argument("--labels", type=_labels, help="label set, e.g. HQ,LQ_EDIT,LQ_CLOSE")
+    p.add_argument("--profile", default="quick", choices=["tiny", "quick", "standard"],
+                   help="tiny: random model, seconds; quick: ~15 min; standard: calibrated defaults")
     p.add_argument("--model", help="model name, Hugging Face id or local path (default: the profile's)")
-    p.add_argument("--baseline-samples", type=int, default=60, help="eval rows scored at baseline (0: all)")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--stages", default="baseline,sft,rft", help="comma-separated subset of baseline,sft,rft")
+    p.add_argument("--out", help="output directory (default: a new one under runs/)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_run_pipeline)
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
+    from nbtoolkit.data.mapping import ColumnMapping
     from nbtoolkit.pipeline import PipelineConfig, run_pipeline
 
-    config = PipelineConfig(data=args.data, profile=args.profile, model=args.model,
-                            baseline_samples=args.baseline_samples, runs_dir=args.runs_dir, seed=args.seed)
+    mapping = None
+    if args.question or args.answer or args.system_prompt:
+        mapping = ColumnMapping(question=_columns(args.question), answer=args.answer or (),
+                                system_prompt=args.system_prompt)
+    config = PipelineConfig(data=args.data, train=args.train, eval=args.eval, mapping=mapping, labels=args.labels,
+                            profile=args.profile, model=args.model, out=args.out, seed=args.seed,
+                            stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()))
     run_pipeline(config)
     return 0
 

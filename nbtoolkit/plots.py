@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 # Metrics shown in stage tables, in order, with how they are formatted.
 STAGE_METRICS = ("exact_match", "quasi_exact_match", "label_accuracy", "macro_f1", "rouge1", "f1_score",
-                 "loglik_accuracy", "no_valid_prediction", "mean_reply_tokens")
+                 "loglik_accuracy", "no_valid_prediction", "reply_tokens_mean")
 
 
 def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:

@@ -113,3 +113,18 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
         if line.endswith("\n") and line.strip():
             rows.append(json.loads(line))
     return rows
+
+
+def new_run_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A fresh run directory `<parent>/<prefix>-<UTC time>[-n]`; never an existing one."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = parent / (f"{prefix}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run directory under {parent}")

@@ -964,7 +964,7 @@ class LocalRuntime:
         if not report.ok:
             raise LaunchError(report)
         if resume_from is None:
-            from nbtoolkit.pipeline import new_run_dir
+            from nbtoolkit.runtime.events import new_run_dir
 
             run_dir = new_run_dir(self.runs_dir, spec.name).resolve()
             history: list[dict[str, Any]] = []
