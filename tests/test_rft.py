@@ -1,0 +1,274 @@
+"""RFT (GRPO + LoRA) on the tiny model: a short run, stop and resume, the reward wrapper, the config mapping."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+
+from nbtoolkit.data.formats import write_jsonl
+from nbtoolkit.models import load_model, tiny_model
+from nbtoolkit.runtime.events import RunLog, read_metrics
+from nbtoolkit.training import rft
+from nbtoolkit.training.config import RFTLoraConfig
+
+LABELS = ["HQ", "LQ_EDIT", "LQ_CLOSE"]
+
+
+def _record(i: int) -> dict:
+    return {"id": f"q{i}", "messages": [{"role": "system", "content": "Classify the question."},
+                                        {"role": "user", "content": f"question {i}: how do I sort a list?"}],
+            "reference_answer": LABELS[i % 3]}
+
+
+def _config(**overrides) -> RFTLoraConfig:
+    values = {"max_steps": 2, "warmup_steps": 0, "save_steps": 2, "global_batch_size": 8, "micro_batch_size": 4,
+              "number_generation": 4, "max_new_tokens": 6, "lr": 1e-4, **overrides}
+    return RFTLoraConfig.for_platform("local", **values)
+
+
+def length_parity_reward(samples: list[dict]) -> list[dict]:
+    """+1 for a reply of odd length, -1 otherwise: random replies of the tiny model get both, so groups vary."""
+    return [{"id": s["id"], "aggregate_reward_score": 1.0 if len(s["messages"][-1]["content"]) % 2 else -1.0}
+            for s in samples]
+
+
+def always_negative(samples: list[dict]) -> list[dict]:
+    return [{"id": s["id"], "aggregate_reward_score": -1.0} for s in samples]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model gains nothing from threads, and on a shared CPU their spin-waits cost several times more."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """The tiny model saved as a full model directory, and a 12-prompt rft training file."""
+    root = tmp_path_factory.mktemp("rft")
+    tiny_model(seed=0, vocab_from=None).save(root / "model")
+    write_jsonl([_record(i) for i in range(12)], root / "train.jsonl")
+    return root
+
+
+def _run(workspace, run_dir, config, log=None, **kwargs):
+    return rft.run_rft(config, model=workspace / "model", train_file=workspace / "train.jsonl", run_dir=run_dir,
+                       labels=LABELS, log=log or RunLog(run_dir, echo=None), **kwargs)
+
+
+class StopAfterFirstRow(RunLog):
+    """A run log that requests a stop once the first training row is written (as a notebook's Stop button would)."""
+
+    def __init__(self, run_dir, stop: threading.Event) -> None:
+        super().__init__(run_dir, echo=None)
+        self.stop = stop
+
+    def metric(self, **values) -> None:
+        super().metric(**values)
+        if values.get("phase") == "train":
+            self.stop.set()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure parts
+
+
+def test_frac_zero_variance_groups_counts_groups_with_equal_rewards():
+    rewards = [1, 1, 1, 1,  1, -1, 1, 1,  -1, -1, -1, -1]
+    assert rft.frac_zero_variance_groups(rewards, 4) == pytest.approx(2 / 3)
+    assert rft.frac_zero_variance_groups(rewards, 2) == pytest.approx(5 / 6)
+    # None/NaN are ignored; a group left with one valid reward has no variance
+    assert rft.frac_zero_variance_groups([1.0, None, -1.0, math.nan], 2) == 1.0
+    assert rft.frac_zero_variance_groups([1.0, None, -1.0, 0.5], 2) == 0.5
+    with pytest.raises(ValueError, match="groups of 4"):
+        rft.frac_zero_variance_groups([1, 1, 1], 4)
+
+
+def test_grouped_reward_reports_group_stats_to_trl():
+    def trl_reward(prompts, completions, **kwargs):
+        return [1.0 if c == "yes" else -1.0 for c in completions]
+
+    logged = {}
+    reward = rft.GroupedReward(trl_reward, group_size=2, name="binary_label")
+    out = reward(["p1", "p1", "p2", "p2"], ["yes", "no", "no", "no"], reference_answer=["HQ"] * 4,
+                 log_metric=lambda name, value: logged.setdefault(name, value))
+    assert out == [1.0, -1.0, -1.0, -1.0]
+    assert logged == {"frac_zero_variance_groups": 0.5, "reward_positive_share": 0.25}
+    assert reward.__name__ == "binary_label"
+
+
+def test_grpo_args_maps_our_names_and_batches():
+    config = _config(global_batch_size=16, micro_batch_size=4, number_generation=4, lr=3e-5, kl_loss_coef=0.05,
+                     temperature=0.8, top_k=7, ent_coeff=0.02, max_new_tokens=24, max_steps=40, save_steps=10,
+                     warmup_steps=5, logging_steps=2, seed=3)
+    args = rft.grpo_args(config, "/tmp/unused-rft-output")
+    assert (args.learning_rate, args.beta, args.temperature, args.top_k) == (3e-5, 0.05, 0.8, 7)
+    assert (args.entropy_coef, args.max_completion_length, args.num_generations) == (0.02, 24, 4)
+    assert (args.max_steps, args.save_steps, args.save_total_limit, args.logging_steps) == (40, 10, 2, 2)
+    assert (args.warmup_steps, args.seed) == (5, 3)
+    # 16 completions per optimizer step, generated at once: 4 prompts x 4 replies, in 4 passes of 4
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 4)
+    assert args.generation_batch_size == 16
+    assert args.generation_batch_size // args.num_generations == 4
+    assert args.use_cpu and not args.bf16 and not args.fp16
+    assert not args.gradient_checkpointing
+    assert args.report_to in ([], "none", ["none"])
+    plan = rft.batch_plan(config)
+    assert (plan.prompts_per_step, plan.completions_per_step) == (4, 16)
+
+
+def test_batch_plan_rejects_partial_groups():
+    # The nova platform does not check this itself; a local run must score whole groups.
+    config = RFTLoraConfig.for_platform("nova", global_batch_size=16, micro_batch_size=16, number_generation=3)
+    with pytest.raises(ValueError, match="multiple of number_generation"):
+        rft.batch_plan(config)
+
+
+def test_training_health_reports_each_warning_sign_once():
+    health = rft.TrainingHealth()
+    rows = [{"step": s, "reward_mean": 0.6, "reward_std": 0.5, "frac_zero_variance_groups": 0.0, "kl": 0.01,
+             "clipped_ratio": 0.1} for s in (1, 2, 3)]
+    rows += [{"step": s, "reward_mean": -0.4, "reward_std": 0.0, "frac_zero_variance_groups": 1.0, "kl": 2.0,
+              "clipped_ratio": 0.9} for s in (4, 5, 6, 7)]
+    messages = [message for row in rows for message in health.update(row)]
+    assert set(health.raised) == {"reward_collapse", "no_reward_variance", "kl_blowup", "max_new_tokens"}
+    assert len(messages) == 4  # each kind once
+    assert any("KL blow-up at step 4" in m for m in messages)
+    assert any("reward collapse at step 6" in m for m in messages)
+    assert any("no reward variance for 3 logged steps (step 6)" in m for m in messages)
+    calm = rft.TrainingHealth()
+    assert not [m for row in rows[:3] for m in calm.update(row)]
+
+
+def test_load_rft_records_accepts_chat_records_and_cuts_user_turns(tmp_path):
+    tokenizer = tiny_model(seed=0, vocab_from=None).tokenizer
+    long_question = "why " * 200
+    write_jsonl([
+        {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": long_question},
+                      {"role": "assistant", "content": "LQ_CLOSE"}]},
+        {"id": 7, "messages": [{"role": "user", "content": "Q"}], "reference_answer": "HQ", "source": "x"},
+    ], tmp_path / "mixed.jsonl")
+    records = rft.load_rft_records(tmp_path / "mixed.jsonl", tokenizer=tokenizer, max_prompt_tokens=10)
+    assert [r["id"] for r in records] == ["row-1", "7"]
+    assert [r["reference_answer"] for r in records] == ["LQ_CLOSE", "HQ"]
+    assert [m["role"] for m in records[0]["messages"]] == ["system", "user"]
+    assert len(tokenizer(records[0]["messages"][1]["content"], add_special_tokens=False)["input_ids"]) <= 10
+    write_jsonl([{"messages": [{"role": "user", "content": "Q"}]}], tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match="record 1: no 'reference_answer'"):
+        rft.load_rft_records(tmp_path / "bad.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The starting model
+
+
+def test_precheck_warns_when_no_reply_earns_reward():
+    loaded = tiny_model(seed=0, vocab_from=None)
+    records = [_record(i) for i in range(6)]
+    result = rft.positive_share_precheck(loaded, records, always_negative, _config(), n_prompts=4)
+    assert result["positive_share"] == 0.0 and result["reply_positive_share"] == 0.0
+    assert result["prompts"] == 4 and result["samples_per_prompt"] == 4
+    assert result["learnable_group_share"] == 0.0
+    assert any("Do SFT first" in w for w in result["warnings"])
+
+    # one positive reply in 24: a prompt-level share of 1/6 would pass seed 004's bar, the reply-level one does not
+    def one_lucky_reply(samples):
+        return [{"id": s["id"], "aggregate_reward_score": 1.0 if s["id"] == "q0#0" else -1.0} for s in samples]
+
+    lucky = rft.positive_share_precheck(loaded, records, one_lucky_reply, _config(), n_prompts=6)
+    assert lucky["positive_share"] == pytest.approx(1 / 6) and lucky["reply_positive_share"] == pytest.approx(1 / 24)
+    assert any("Do SFT first" in w for w in lucky["warnings"])
+
+    varied = rft.positive_share_precheck(loaded, records, length_parity_reward, _config(), n_prompts=4)
+    assert 0.0 < varied["reply_positive_share"] < 1.0 and varied["positive_share"] > 0.0
+    assert not any("SFT first" in w for w in varied["warnings"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs on the tiny model
+
+
+def test_short_run_writes_metrics_adapter_and_merged_model(workspace, tmp_path):
+    run_dir = tmp_path / "run"
+    summary = _run(workspace, run_dir, _config(), reward_fn=length_parity_reward)
+
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    assert summary["batch"]["prompts_per_step"] == 2 and summary["batch"]["gradient_accumulation_steps"] == 2
+    rows = read_metrics(run_dir)
+    assert rows[0]["phase"] == "precheck" and 0.0 < rows[0]["reply_positive_share"] < 1.0
+    train = [row for row in rows if row.get("phase") == "train"]
+    assert [row["step"] for row in train] == [1, 2]
+    for row in train:
+        for key in ("loss", "lr", "reward_mean", "reward_std", "frac_zero_variance_groups", "kl",
+                    "completion_length", "entropy", "clipped_ratio", "seconds_per_step"):
+            assert row[key] is not None, key
+        assert -1.0 <= row["reward_mean"] <= 1.0 and 0.0 <= row["frac_zero_variance_groups"] <= 1.0
+        assert row["completion_length"] <= 6
+    assert summary["reward_mean_first"] == train[0]["reward_mean"]
+    assert summary["kl_last"] == train[-1]["kl"]
+    assert summary["positive_share_before"] == rows[0]["positive_share"]
+    # random replies never reach the terminator within 6 tokens: the warning sign is reported
+    assert any("hit max_new_tokens" in w for w in summary["warnings"])
+
+    assert (run_dir / "adapter" / "adapter_config.json").exists()
+    merged = load_model(run_dir / "model")
+    start = load_model(workspace / "model")
+    assert type(merged.model).__name__ == "LlamaForCausalLM"  # merged, not a PEFT wrapper
+    changed = sum((a - b).abs().sum().item() for a, b in zip(merged.model.parameters(), start.model.parameters()))
+    assert changed > 0
+    assert not list(run_dir.glob(".model.*")) and not list(run_dir.glob(".adapter.*"))
+
+
+def test_default_reward_by_name_and_stop_event(workspace, tmp_path):
+    run_dir = tmp_path / "run"
+    stop = threading.Event()
+    summary = _run(workspace, run_dir, _config(max_steps=4, save_steps=4), log=StopAfterFirstRow(run_dir, stop),
+                   stop_event=stop)
+
+    # the request made while step 1 was logged is honoured at the end of step 2, with a checkpoint
+    assert summary["status"] == "stopped" and summary["steps"] == 2
+    assert (run_dir / "checkpoints" / "checkpoint-2").is_dir()  # saved on stop, not by save_steps (4)
+    assert [row["step"] for row in read_metrics(run_dir) if row.get("phase") == "train"] == [1, 2]
+    assert (run_dir / "model" / "config.json").exists()
+    assert summary["reward"] == "binary_label"
+    # the tiny model never names a label: every reply earns -1
+    assert summary["positive_share_before"] == 0.0
+    assert any("Do SFT first" in w for w in summary["warnings"])
+
+
+def test_stop_before_training_trains_nothing(workspace, tmp_path):
+    stop = threading.Event()
+    stop.set()
+    summary = _run(workspace, tmp_path / "run", _config(), reward_fn=length_parity_reward, stop_event=stop)
+    assert summary["status"] == "stopped" and summary["steps"] == 0
+    assert summary["paths"]["model"] is None
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "model").exists()
+
+
+def test_resume_continues_the_step_count(workspace, tmp_path):
+    run_dir = tmp_path / "run"
+    config = _config(max_steps=3, save_steps=3)
+    stop = threading.Event()
+    first = _run(workspace, run_dir, config, log=StopAfterFirstRow(run_dir, stop), reward_fn=length_parity_reward,
+                 stop_event=stop)
+    assert first["steps"] == 2
+
+    with pytest.raises(ValueError, match="resume=True"):
+        _run(workspace, run_dir, config, reward_fn=length_parity_reward)
+
+    second = _run(workspace, run_dir, config, reward_fn=length_parity_reward, resume=True)
+    assert second["status"] == "completed" and second["steps"] == 3
+    assert second["resumed_from"] == "checkpoint-2"
+    assert second["positive_share_before"] == first["positive_share_before"]
+    assert second["reward_mean_first"] == first["reward_mean_first"]  # the whole run's first reward
+    rows = read_metrics(run_dir)
+    assert [row["step"] for row in rows if row.get("phase") == "train"] == [1, 2, 3]
+    assert [row["phase"] for row in rows].count("precheck") == 1
+    assert (run_dir / "checkpoints" / "checkpoint-3").is_dir()
