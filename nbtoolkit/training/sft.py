@@ -1,0 +1,732 @@
+"""Supervised fine-tuning on this machine (LoRA or every weight): loss on the answer tokens only, resumable.
+
+Design: a compact explicit loop rather than a transformers `Trainer` subclass. The loss needs the decoder's hidden
+states (the LM head runs on answer positions only, and the rows' shared system prompt runs once per micro batch),
+and checkpoints must be atomic and resume with the same data order and RNG; with `Trainer` that takes overrides
+around its own non-atomic checkpointing, while the loop is shorter and faster (benchmarks/sft_throughput.py).
+peft builds the adapters and the LoRA+ optimizer; transformers loads and saves the models.
+
+A run directory holds metrics.jsonl and log.txt (through RunLog), checkpoints/step-<N>/ (the last two), and at
+the end adapter/ (LoRA only) and model/ (merged weights + tokenizer, loadable with load_model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nbtoolkit.errors import DataError, ModelError, NbtoolkitError
+from nbtoolkit.generation import encode_prompts
+from nbtoolkit.models import answer_terminator_ids, load_model
+from nbtoolkit.runtime.events import METRICS_FILE, RunLog, write_json_atomic
+from nbtoolkit.training.config import SFTFullConfig, SFTLoraConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "EVAL_ROWS",
+    "KEEP_CHECKPOINTS",
+    "MIN_SHARED_PREFIX",
+    "BatchOrder",
+    "ChatExample",
+    "SFTBatch",
+    "answer_token_loss",
+    "collate",
+    "latest_checkpoint",
+    "make_optimizer",
+    "read_chat_rows",
+    "run_sft",
+    "shared_prefix_length",
+    "tokenize_chat",
+]
+
+EVAL_ROWS = 64  # eval loss uses the first rows of eval_file: enough to follow a trend, cheap on a CPU
+KEEP_CHECKPOINTS = 2
+MAX_GRAD_NORM = 1.0
+# Rows are sorted by length within windows of this many batches (then the batches shuffled): less padding while
+# each batch stays a random draw from a small window of the shuffled data.
+LENGTH_GROUP_BATCHES = 4
+# Shorter common prefixes are not worth a second decoder call.
+MIN_SHARED_PREFIX = 16
+CHECKPOINT_PREFIX = "step-"
+STATE_FILE = "trainer_state.json"
+
+
+class StopFlag(Protocol):
+    """threading.Event, or anything else with is_set()."""
+
+    def is_set(self) -> bool: ...
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data: chat rows -> token ids with the prompt length
+
+
+def read_chat_rows(path: str | os.PathLike, *, limit: int | None = None) -> list[tuple[int, list[dict]]]:
+    """(line number, messages) of each row of a "chat" JSONL file; DataError for anything the trainer cannot use.
+
+    Each row needs {"messages": [...]} with string contents, at least one user turn, and the assistant's answer
+    as the last message.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise DataError("file not found (pass the chat.jsonl written by prepare_dataset)", source=source)
+    rows: list[tuple[int, list[dict]]] = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"not valid JSON ({error.msg} at column {error.colno})", source=source,
+                                line=line_number) from None
+            rows.append((line_number, _chat_messages(record, source, len(rows) + 1, line_number)))
+            if limit is not None and len(rows) >= limit:
+                break
+    if not rows:
+        raise DataError("the file has no rows", source=source)
+    return rows
+
+
+def _chat_messages(record: Any, source: str, row: int, line: int) -> list[dict]:
+    def fail(message: str) -> DataError:
+        return DataError(message, source=source, row=row, line=line)
+
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list) or not record["messages"]:
+        raise fail('expected a chat record {"messages": [{"role": ..., "content": ...}, ...]}')
+    messages = record["messages"]
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise fail(f"messages[{i}] needs a role and a content")
+        if not isinstance(message["content"], str):
+            raise fail(f"messages[{i}].content must be a string (a Converse-format file? use the chat format "
+                       "file, chat.jsonl, that prepare_dataset writes)")
+    if not any(m["role"] == "user" for m in messages):
+        raise fail("no user message")
+    if messages[-1]["role"] != "assistant":
+        raise fail("no assistant answer: the last message must be the assistant's answer to train on")
+    if not messages[-1]["content"].strip():
+        raise fail("the assistant answer is empty")
+    return messages
+
+
+@dataclass(frozen=True)
+class ChatExample:
+    """One training sequence: prompt ids then answer ids (answer text + the chat template's terminator)."""
+
+    input_ids: tuple[int, ...]
+    prompt_length: int
+    prompt_cut: bool = False  # the user turn was cut below max_prompt_tokens so the answer fits max_length
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def answer_length(self) -> int:
+        return len(self.input_ids) - self.prompt_length
+
+
+def tokenize_chat(
+    messages: Sequence[dict],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int,
+    max_prompt_tokens: int | None,
+    terminator_ids: Sequence[int] | None = None,
+    source: str | None = None,
+    row: int | None = None,
+) -> ChatExample:
+    """Prompt = chat template of every message but the last (user turns cut to max_prompt_tokens) with the
+    generation prompt; answer = the last message's text + terminator. Cuts the user turns further when the whole
+    does not fit max_length, and raises DataError when even that cannot make the answer fit."""
+    *context, answer = messages
+    terminator = list(answer_terminator_ids(tokenizer) if terminator_ids is None else terminator_ids)
+    answer_ids = list(tokenizer(answer["content"], add_special_tokens=False)["input_ids"]) + terminator
+    budget = max_prompt_tokens or None
+    prompt = encode_prompts(tokenizer, [context], budget)[0]
+    if len(prompt) + len(answer_ids) <= max_length:
+        return ChatExample(tuple(prompt + answer_ids), len(prompt))
+    longest_user = max(len(tokenizer(m["content"], add_special_tokens=False)["input_ids"])
+                       for m in context if m["role"] == "user")
+    budget = min(budget or longest_user, longest_user)
+    while len(prompt) + len(answer_ids) > max_length:
+        budget -= len(prompt) + len(answer_ids) - max_length
+        if budget < 1:
+            overhead = len(encode_prompts(tokenizer, [context], 1)[0])
+            raise DataError(
+                f"the answer ({len(answer_ids)} tokens with the terminator) does not fit max_length={max_length} "
+                f"even with the question cut to one token (template and other turns take {overhead} tokens); "
+                f"raise max_length or shorten the answer", source=source, row=row)
+        prompt = encode_prompts(tokenizer, [context], budget)[0]
+    return ChatExample(tuple(prompt + answer_ids), len(prompt), prompt_cut=True)
+
+
+def _tokenize_rows(rows, tokenizer, config, terminator, source) -> list[ChatExample]:
+    return [tokenize_chat(messages, tokenizer, max_length=config.max_length, max_prompt_tokens=config.max_prompt_tokens,
+                          terminator_ids=terminator, source=source, row=row)
+            for row, (_, messages) in enumerate(rows, 1)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches and the answer-only loss
+
+
+@dataclass
+class SFTBatch:
+    """A right-padded micro batch. answer_positions marks the hidden states that predict an answer token;
+    targets are those tokens in row-major order. labels (-100 outside answers) serve the full-logits path."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    answer_positions: torch.Tensor
+    targets: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens processed (prompt + answer, no padding)."""
+        return int(self.attention_mask.sum())
+
+    @property
+    def n_answer_tokens(self) -> int:
+        return int(self.targets.numel())
+
+    def to(self, device: str | torch.device) -> SFTBatch:
+        return SFTBatch(*(getattr(self, name).to(device) for name in
+                          ("input_ids", "attention_mask", "labels", "answer_positions", "targets")))
+
+
+def collate(examples: Sequence[ChatExample], pad_id: int) -> SFTBatch:
+    """Pad to the longest example. Masks come from the lengths, never from pad ids (pad == eos for SmolLM2)."""
+    width = max(example.length for example in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    answer_positions = torch.zeros((len(examples), width), dtype=torch.bool)
+    for i, example in enumerate(examples):
+        n, p = example.length, example.prompt_length
+        input_ids[i, :n] = torch.tensor(example.input_ids)
+        attention[i, :n] = 1
+        labels[i, p:n] = input_ids[i, p:n]
+        answer_positions[i, p - 1:n - 1] = True  # the hidden state at t predicts token t + 1
+    targets = labels[:, 1:][answer_positions[:, :-1]]
+    return SFTBatch(input_ids, attention, labels, answer_positions, targets)
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def shared_prefix_length(batch: SFTBatch) -> int:
+    """Leading tokens every row of the batch shares (template and system prompt), stopping before the first
+    position that predicts an answer token, so every row keeps at least one token of its own."""
+    ids = batch.input_ids
+    if ids.shape[0] < 2:
+        return 0
+    differs = (ids != ids[:1]).any(dim=0).nonzero()
+    common = int(differs[0]) if len(differs) else ids.shape[1]
+    first_answer = int(batch.answer_positions.to(torch.int8).argmax(dim=1).min())
+    return min(common, first_answer)
+
+
+def _hidden_states(base: torch.nn.Module, batch: SFTBatch, share_prefix: bool) -> tuple[torch.Tensor, int]:
+    """The decoder's last hidden states, and the offset of their first position. With share_prefix, the prefix
+    that all rows share runs once and its keys and values are repeated for every row (gradients flow through
+    them), so a long common system prompt costs one row instead of one per row."""
+    decoder = base.get_decoder()
+    attention = None if bool(batch.attention_mask.all()) else batch.attention_mask  # no padding: causal fast path
+    prefix = shared_prefix_length(batch) if share_prefix else 0
+    if prefix < MIN_SHARED_PREFIX:
+        return decoder(input_ids=batch.input_ids, attention_mask=attention, use_cache=False).last_hidden_state, 0
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=base.config)
+    decoder(input_ids=batch.input_ids[:1, :prefix], past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(batch.input_ids.shape[0])
+    output = decoder(input_ids=batch.input_ids[:, prefix:], attention_mask=attention, past_key_values=cache,
+                     use_cache=True)
+    return output.last_hidden_state, prefix
+
+
+def answer_token_loss(
+    model: torch.nn.Module, batch: SFTBatch, *, head_only: bool = True, share_prefix: bool = True
+) -> torch.Tensor:
+    """Summed cross-entropy of the answer tokens.
+
+    head_only runs the decoder for hidden states and the LM head on the answer positions only (a few of the
+    sequence's hundreds), skipping the vocabulary-sized projection elsewhere; share_prefix also computes the
+    rows' common prefix once. head_only=False computes full logits (the reference, and the fallback for
+    architectures that post-process logits).
+    """
+    if not head_only:
+        attention = None if bool(batch.attention_mask.all()) else batch.attention_mask
+        logits = model(input_ids=batch.input_ids, attention_mask=attention, use_cache=False).logits
+        return F.cross_entropy(logits[batch.answer_positions].float(), batch.targets, reduction="sum")
+    base = _base_model(model)
+    hidden, offset = _hidden_states(base, batch, share_prefix)
+    logits = base.get_output_embeddings()(hidden[batch.answer_positions[:, offset:]])
+    return F.cross_entropy(logits.float(), batch.targets, reduction="sum")
+
+
+@dataclass(frozen=True)
+class _LossMode:
+    head_only: bool = True
+    share_prefix: bool = True
+
+
+def _exact_loss_mode(model: torch.nn.Module, examples: Sequence[ChatExample], pad_id: int, device: str,
+                     plan) -> _LossMode:
+    """The fastest loss computation that matches the model's own loss on a small batch. Models that scale or
+    soft-cap logits after the LM head, or whose cache cannot be shared, fall back to slower exact modes."""
+    batch = collate(examples, pad_id).to(device)
+    with torch.no_grad(), plan.autocast():
+        reference = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels,
+                          use_cache=False).loss.item()
+        for mode in (_LossMode(True, True), _LossMode(True, False)):
+            try:
+                value = answer_token_loss(model, batch, head_only=mode.head_only,
+                                          share_prefix=mode.share_prefix).item() / batch.n_answer_tokens
+            except (RuntimeError, ValueError, TypeError, AttributeError):
+                continue
+            if math.isclose(value, reference, rel_tol=1e-4, abs_tol=1e-5):
+                return mode
+    return _LossMode(False, False)
+
+
+class BatchOrder:
+    """Which rows each optimizer step trains on, a function of (seed, step) only: a resumed run sees the same data.
+
+    Rows are read as an endless stream of per-epoch permutations; each window of LENGTH_GROUP_BATCHES batches is
+    sorted by length, cut into batches, and the batches shuffled.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_batches: int = LENGTH_GROUP_BATCHES):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_batches = max(1, group_batches)
+        self._permutations: dict[int, np.ndarray] = {}
+        self._group: tuple[int, list[list[int]]] | None = None
+
+    def _row(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self.lengths))
+        if epoch not in self._permutations:
+            self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
+            self._permutations[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.lengths))
+        return int(self._permutations[epoch][offset])
+
+    def rows(self, step: int) -> list[int]:
+        """Row indices of optimizer step `step` (0-based)."""
+        group, slot = divmod(step, self.group_batches)
+        if self._group is None or self._group[0] != group:
+            size = self.group_batches * self.batch_size
+            rows = sorted((self._row(group * size + k) for k in range(size)), key=lambda r: self.lengths[r])
+            batches = [rows[i:i + self.batch_size] for i in range(0, size, self.batch_size)]
+            order = np.random.default_rng([self.seed, 1, group]).permutation(len(batches))
+            self._group = (group, [batches[i] for i in order])
+        return self._group[1][slot]
+
+    def epoch(self, step: int) -> float:
+        """Epochs completed after `step` optimizer steps."""
+        return step * self.batch_size / len(self.lengths)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model, optimizer, schedule
+
+
+def _is_lora(config: SFTLoraConfig | SFTFullConfig) -> bool:
+    if not isinstance(config, (SFTLoraConfig, SFTFullConfig)):
+        raise TypeError(f"run_sft needs an SFTLoraConfig or SFTFullConfig, got {type(config).__name__}")
+    if config.platform != "local":
+        raise ValueError(f"this config is for platform {config.platform!r}; run_sft trains locally "
+                         "(use SFTLoraConfig.for_platform('local') or the SageMaker runtime)")
+    return isinstance(config, SFTLoraConfig)
+
+
+def _with_adapters(model: torch.nn.Module, config: SFTLoraConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as error:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise ModelError(f"LoRA target_modules {list(config.target_modules)} do not fit this model ({error}); "
+                         f"its linear layers are named {linear}") from error
+
+
+def make_optimizer(model: torch.nn.Module, config: SFTLoraConfig | SFTFullConfig) -> torch.optim.Optimizer:
+    """AdamW on the trainable parameters (no weight decay); with LoRA+ (lora_plus_lr_ratio > 1) the B matrices
+    get lr * ratio."""
+    ratio = getattr(config, "lora_plus_lr_ratio", 1.0)
+    if ratio > 1:
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=config.lr, loraplus_lr_ratio=ratio,
+                                              weight_decay=0.0)
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to the peak over `warmup` steps, then linear decay towards 0 at `total` (no step at lr 0)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(total - step, 1) / max(total - warmup, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint records besides tensors: where the data stream is and what the run has done so far."""
+
+    step: int = 0
+    rows_seen: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    last_loss: float | None = None
+    eval_loss: float | None = None
+    eval_step: int | None = None
+    config: dict | None = None
+
+
+@contextlib.contextmanager
+def _atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory, renamed to `target` when the body succeeds and deleted when it fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Our temporary directories left by a process that died while writing (never a complete result)."""
+    for name in ("adapter", "model", f"{CHECKPOINT_PREFIX}*"):
+        for leftover in [*directory.glob(f".{name}.tmp-*"), *directory.glob(f".{name}.old-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    suffix = path.name.removeprefix(CHECKPOINT_PREFIX)
+    ok = path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / STATE_FILE).is_file()
+    return int(suffix) if ok else None
+
+
+def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    folder = run_dir / "checkpoints"
+    found = [(_checkpoint_step(p), p) for p in folder.iterdir()] if folder.is_dir() else []
+    return sorted((step, path) for step, path in found if step is not None)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint directory of a run, or None."""
+    found = _checkpoints(Path(run_dir))
+    return found[-1][1] if found else None
+
+
+def _write_trainer_state(path: Path, progress: _Progress) -> None:
+    write_json_atomic(path, asdict(progress))
+
+
+def _save_checkpoint(run_dir: Path, model, optimizer, scheduler, progress: _Progress, lora: bool) -> Path:
+    target = run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{progress.step}"
+    with _atomic_directory(target) as tmp:
+        if lora:
+            model.save_pretrained(tmp / "adapter")
+        else:
+            from safetensors.torch import save_model
+
+            save_model(model, str(tmp / "model.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng.pt")
+        _write_trainer_state(tmp / STATE_FILE, progress)  # last: a directory with it is complete
+    for _, old in _checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, lora: bool, device: str) -> _Progress:
+    if lora != (path / "adapter").is_dir():
+        kind = "a LoRA" if (path / "adapter").is_dir() else "a full fine-tuning"
+        raise NbtoolkitError(f"{path} is from {kind} run; resume it with the same kind of config")
+    if lora:
+        from peft import load_peft_weights, set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_peft_weights(str(path / "adapter"), device=device))
+        if result.unexpected_keys:
+            raise ModelError(f"checkpoint {path} does not match this model: unexpected {result.unexpected_keys[:3]}")
+    else:
+        from safetensors.torch import load_model as load_safetensors
+
+        load_safetensors(model, str(path / "model.safetensors"), device=device)
+    states = torch.load(path / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(states["optimizer"])
+    scheduler.load_state_dict(states["scheduler"])
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return _Progress(**json.loads((path / STATE_FILE).read_text()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
+
+
+def _evaluate(model, examples: list[ChatExample], micro_batch_size: int, pad_id: int, device: str, plan,
+              mode: _LossMode) -> float:
+    """Mean answer-token loss, in eval mode (no dropout, no RNG use)."""
+    model.eval()
+    total, count = 0.0, 0
+    ordered = sorted(examples, key=lambda e: e.length)
+    with torch.no_grad():
+        for start in range(0, len(ordered), micro_batch_size):
+            batch = collate(ordered[start:start + micro_batch_size], pad_id).to(device)
+            with plan.autocast():
+                total += answer_token_loss(model, batch, head_only=mode.head_only,
+                                           share_prefix=mode.share_prefix).item()
+            count += batch.n_answer_tokens
+    model.train()
+    return total / count
+
+
+def _export(model, tokenizer, run_dir: Path, lora: bool) -> dict[str, str | None]:
+    """adapter/ (LoRA) and model/ (merged weights + tokenizer), each written to a temp dir and renamed in."""
+    paths: dict[str, str | None] = {"adapter": None}
+    if lora:
+        with _atomic_directory(run_dir / "adapter") as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        paths["adapter"] = str(run_dir / "adapter")
+        model = model.merge_and_unload()
+    model.eval()
+    with _atomic_directory(run_dir / "model") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    paths["model"] = str(run_dir / "model")
+    return paths
+
+
+def _describe_changes(saved: dict | None, current: dict) -> list[str]:
+    ignored = {"max_steps", "save_steps", "logging_steps"}
+    return sorted(key for key in current if key not in ignored and saved and saved.get(key) != current[key])
+
+
+def run_sft(
+    config: SFTLoraConfig | SFTFullConfig,
+    *,
+    model: str | os.PathLike,
+    train_file: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    eval_file: str | os.PathLike | None = None,
+    resume: bool = False,
+    log: RunLog | None = None,
+    stop_event: StopFlag | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `model` (a name, Hugging Face id or directory) on the chat rows of `train_file`.
+
+    Trains config.max_steps optimizer steps of global_batch_size rows (micro batches accumulated), loss on the
+    answer tokens only. resume=True continues from the newest checkpoint in run_dir with the same data order.
+    stop_event is checked between steps: a set event saves a checkpoint and returns status "stopped".
+    Returns a summary (status, steps, final_loss, eval_loss, train_seconds, tokens_per_second, peak_rss_mb, paths).
+    """
+    lora = _is_lora(config)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = log or RunLog(run_dir)
+    _remove_leftovers(run_dir)
+    if (run_dir / "checkpoints").is_dir():
+        _remove_leftovers(run_dir / "checkpoints")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None and not resume:
+        raise NbtoolkitError(f"{run_dir} already holds checkpoints ({checkpoint.name}); pass resume=True to "
+                             "continue that run, or choose a new run directory")
+    if resume and checkpoint is None:
+        log.warning(f"resume asked for, but {run_dir} has no checkpoint: starting from step 0")
+
+    train_rows = read_chat_rows(train_file)
+    eval_rows = read_chat_rows(eval_file, limit=EVAL_ROWS) if eval_file is not None else []
+    loaded = load_model(model)
+    tokenizer, plan, device = loaded.tokenizer, loaded.plan, loaded.plan.device
+    pad_id = loaded.pad_token_id
+    terminator = answer_terminator_ids(tokenizer)
+    train = _tokenize_rows(train_rows, tokenizer, config, terminator, str(train_file))
+    evals = _tokenize_rows(eval_rows, tokenizer, config, terminator, str(eval_file)) if eval_rows else []
+    cut = sum(example.prompt_cut for example in train)
+    if cut:
+        log.warning(f"{cut} of {len(train)} rows had the question cut below max_prompt_tokens="
+                    f"{config.max_prompt_tokens} so the answer fits max_length={config.max_length}")
+
+    torch.manual_seed(config.seed)  # LoRA initialisation
+    net = _with_adapters(loaded.model, config) if lora else loaded.model
+    if not lora:
+        net.requires_grad_(True)
+    mode = _exact_loss_mode(net, sorted(train, key=lambda e: e.length)[:2], pad_id, device, plan)
+    if not mode.head_only:
+        log.warning("this model post-processes its logits, so the loss uses full logits (slower)")
+    elif not mode.share_prefix:
+        log.warning("this model cannot share the rows' common prefix, so each row computes its own (slower)")
+    net.train()
+    optimizer = make_optimizer(net, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, config.warmup_steps, config.max_steps))
+    trainable = [p for p in net.parameters() if p.requires_grad]
+
+    progress = _Progress(config=config.to_dict())
+    if checkpoint is not None and resume:
+        progress = _load_checkpoint(checkpoint, net, optimizer, scheduler, lora, device)
+        changed = _describe_changes(progress.config, config.to_dict())
+        if changed:
+            log.warning(f"resuming with changed settings {changed}: the run is no longer one reproducible run")
+        progress.config = config.to_dict()
+        log.info(f"resumed from {checkpoint.name}")
+
+    method = f"LoRA r={config.lora_r} alpha={config.alpha}" if lora else "full fine-tuning"
+    accumulation = config.global_batch_size // config.micro_batch_size
+    log.info(f"SFT ({method}) of {loaded.spec.name}: {len(train):,} rows (mean {np.mean([e.length for e in train]):.0f}"
+             f" tokens), {config.max_steps} steps of {config.global_batch_size} rows"
+             f"{f' ({accumulation} micro batches of {config.micro_batch_size})' if accumulation > 1 else ''}, "
+             f"lr {config.lr:g}; {sum(p.numel() for p in trainable):,} trainable of "
+             f"{loaded.parameters:,} parameters; {plan.reason}")
+
+    order = BatchOrder([e.length for e in train], config.global_batch_size, config.seed)
+    window = {"steps": 0, "loss": 0.0, "tokens": 0, "seconds": 0.0}
+    status = "completed"
+    saved_step = progress.step if checkpoint is not None and resume else None
+    while progress.step < config.max_steps:
+        if stop_event is not None and stop_event.is_set():
+            status = "stopped"
+            break
+        started = time.perf_counter()
+        examples = sorted((train[r] for r in order.rows(progress.step)), key=lambda e: e.length)
+        loss, tokens, grad_norm, lr = _train_step(net, optimizer, scheduler, trainable, examples, config, pad_id,
+                                                  plan, mode)
+        seconds = time.perf_counter() - started
+
+        progress.step += 1
+        progress.rows_seen += len(examples)
+        progress.tokens += tokens
+        progress.train_seconds += seconds
+        progress.last_loss = loss
+        for key, value in (("steps", 1), ("loss", loss), ("tokens", tokens), ("seconds", seconds)):
+            window[key] += value
+        step = progress.step
+        if step % config.logging_steps == 0 or step == config.max_steps:
+            mean_loss = window["loss"] / window["steps"]
+            log.metric(step=step, loss=mean_loss, lr=lr, tokens_per_second=window["tokens"] / window["seconds"],
+                       seconds_per_step=window["seconds"] / window["steps"], epoch=round(order.epoch(step), 4),
+                       grad_norm=grad_norm, tokens=window["tokens"])
+            log.info(f"step {step}/{config.max_steps}  loss {mean_loss:.4f}  lr {lr:.3g}  "
+                     f"{window['tokens'] / window['seconds']:,.0f} tokens/s  "
+                     f"{window['seconds'] / window['steps']:.2f} s/step")
+            window = {"steps": 0, "loss": 0.0, "tokens": 0, "seconds": 0.0}
+        log.progress(step, config.max_steps)
+        if step % config.save_steps == 0:
+            if evals:
+                _record_eval(net, evals, config, pad_id, device, plan, mode, progress, log)
+            _save_checkpoint(run_dir, net, optimizer, scheduler, progress, lora)
+            saved_step = step
+            log.info(f"checkpoint {CHECKPOINT_PREFIX}{step} saved")
+
+    paths: dict[str, str | None] = {"run_dir": str(run_dir), "metrics": str(run_dir / METRICS_FILE),
+                                    "adapter": None, "model": None}
+    if status == "stopped":
+        if progress.step > 0 and saved_step != progress.step:
+            _save_checkpoint(run_dir, net, optimizer, scheduler, progress, lora)
+        log.info(f"stopped at step {progress.step}/{config.max_steps}; continue with resume=True")
+    else:
+        if evals and progress.eval_step != progress.step:
+            _record_eval(net, evals, config, pad_id, device, plan, mode, progress, log)
+        paths.update(_export(net, tokenizer, run_dir, lora))
+        log.info(f"done: {progress.step} steps in {progress.train_seconds:.0f} s; model saved to {paths['model']}")
+    last = latest_checkpoint(run_dir)
+    paths["checkpoint"] = str(last) if last else None
+    return {
+        "status": status,
+        "method": config.METHOD,
+        "steps": progress.step,
+        "max_steps": config.max_steps,
+        "rows": len(train),
+        "epochs": round(order.epoch(progress.step), 4),
+        "final_loss": progress.last_loss,
+        "eval_loss": progress.eval_loss,
+        "train_seconds": round(progress.train_seconds, 3),
+        "tokens_per_second": progress.tokens / progress.train_seconds if progress.train_seconds else None,
+        "peak_rss_mb": _peak_rss_mb(),
+        "paths": paths,
+    }
+
+
+def _train_step(net, optimizer, scheduler, trainable, examples: list[ChatExample], config, pad_id: int, plan,
+                mode: _LossMode) -> tuple[float, int, float, float]:
+    """One optimizer step over micro batches; the loss is the mean over every answer token of the step, so
+    accumulation equals one big batch. Returns (loss, tokens, grad norm before clipping, lr used)."""
+    n_answer = sum(example.answer_length for example in examples)
+    loss_sum, tokens = 0.0, 0
+    for start in range(0, len(examples), config.micro_batch_size):
+        batch = collate(examples[start:start + config.micro_batch_size], pad_id).to(plan.device)
+        with plan.autocast():
+            loss = answer_token_loss(net, batch, head_only=mode.head_only, share_prefix=mode.share_prefix)
+        (loss / n_answer).backward()
+        loss_sum += loss.item()
+        tokens += batch.n_tokens
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM))
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / n_answer, tokens, grad_norm, lr
+
+
+def _record_eval(net, evals, config, pad_id, device, plan, mode: _LossMode, progress: _Progress,
+                 log: RunLog) -> None:
+    progress.eval_loss = _evaluate(net, evals, config.micro_batch_size, pad_id, device, plan, mode)
+    progress.eval_step = progress.step
+    log.metric(step=progress.step, eval_loss=progress.eval_loss, eval_rows=len(evals))
+    log.info(f"eval loss {progress.eval_loss:.4f} on {len(evals)} rows at step {progress.step}")
