@@ -1,160 +1,265 @@
-"""The main job: prepare data, then evaluate the baseline model (later stages: SFT, RFT, compare)."""
+"""The main job: baseline evaluation -> SFT (LoRA) -> evaluation -> RFT (GRPO) from SFT -> evaluation.
+
+Every stage runs as a LocalRuntime job (a subprocess with its own run directory), so the same function serves
+the CLI and a notebook. The output directory gets `stages.json` (per-stage metrics with deltas), each stage's
+predictions, and a self-contained `report.html`.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from nbtoolkit.data.formats import write_jsonl
+from nbtoolkit.data.mapping import ColumnMapping
 from nbtoolkit.data.prepare import PrepareConfig, PreparedData, prepare_dataset
-from nbtoolkit.data.synthetic import make_stackoverflow_dataset
-from nbtoolkit.errors import unknown_name_message
-from nbtoolkit.metrics import classification_metrics, confusion_matrix, label_predictions
+from nbtoolkit.data.synthetic import SYNTHETIC_NOTE, make_stackoverflow_dataset
+from nbtoolkit.errors import NbtoolkitError, unknown_name_message
+from nbtoolkit.runtime.events import new_run_dir, read_json, write_json_atomic
+from nbtoolkit.training.config import EvalConfig, RFTLoraConfig, SFTLoraConfig
 
-PROFILES = ("demo", "tiny")
+STAGES = ("baseline", "sft", "rft")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one pipeline run: which model, how many rows, steps and eval samples."""
+
+    name: str
+    description: str
+    model: str
+    synthetic_rows: int
+    eval: dict[str, Any]
+    sft: dict[str, Any]
+    rft: dict[str, Any]
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        # The tiny tokenizer spells the system prompt in ~440 tokens, hence the long max_length.
+        "tiny", "a random 2-layer model and a few steps: checks the plumbing in about a minute", "tiny", 120,
+        eval={"limit": 8, "max_new_tokens": 4, "batch_size": 8, "max_prompt_tokens": 48},
+        sft={"max_steps": 4, "warmup_steps": 1, "global_batch_size": 4, "micro_batch_size": 4, "save_steps": 2,
+             "max_prompt_tokens": 48, "max_length": 640},
+        rft={"max_steps": 2, "warmup_steps": 0, "global_batch_size": 4, "micro_batch_size": 4,
+             "number_generation": 2, "save_steps": 2, "max_new_tokens": 4, "max_prompt_tokens": 48,
+             "max_length": 640}),
+    "quick": Profile(
+        "quick", "the embedded model, a short SFT and a few GRPO steps: the whole workflow in about 15 minutes",
+        "smollm2-135m-instruct", 1500,
+        eval={"limit": 60, "max_new_tokens": 8, "batch_size": 16, "max_prompt_tokens": 128},
+        # micro batches of 4 keep peak memory under 4 GB (8 needs about 5.6 GB without gradient checkpointing)
+        sft={"max_steps": 40, "warmup_steps": 6, "save_steps": 20, "micro_batch_size": 4, "max_prompt_tokens": 128,
+             "max_length": 320},
+        rft={"max_steps": 3, "warmup_steps": 0, "global_batch_size": 8, "micro_batch_size": 4, "save_steps": 3,
+             "max_new_tokens": 8, "max_prompt_tokens": 128, "max_length": 320}),
+    "standard": Profile(
+        "standard", "the embedded model with the calibrated defaults: about 30 minutes of training",
+        "smollm2-135m-instruct", 1500,
+        eval={"limit": 500},
+        sft={},
+        rft={}),
+}
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What the main job runs; `profile` picks sizes (demo: the embedded model, tiny: a random 2-layer model)."""
+    """What the main job runs. Give `data` (split with the seed 003 recipe), or `train` and `eval` files."""
 
-    data: str | None = field(default=None, metadata={"help": "input file; None: the synthetic demo dataset"})
-    profile: str = field(default="demo", metadata={"help": "demo or tiny"})
+    data: str | None = field(default=None, metadata={"help": "one input file, split sft/eval/rft; None: synthetic"})
+    train: str | None = field(default=None, metadata={"help": "training file (SFT and RFT rows)"})
+    eval: str | None = field(default=None, metadata={"help": "evaluation file (rows never trained on)"})
+    mapping: ColumnMapping | None = field(default=None, metadata={"help": "column mapping; None: inferred"})
+    labels: tuple[str, ...] | None = field(default=None, metadata={"help": "label set; None: inferred"})
+    profile: str = field(default="quick", metadata={"help": "tiny, quick or standard"})
     model: str | None = field(default=None, metadata={"help": "model name or path; None: the profile's model"})
-    synthetic_rows: int = field(default=1500, metadata={"help": "rows of synthetic data when no data is given"})
-    baseline_samples: int = field(default=60, metadata={"help": "eval rows scored at baseline (0: all)"})
-    max_new_tokens: int = field(default=24, metadata={"help": "reply length limit at evaluation"})
-    max_prompt_tokens: int = field(default=384, metadata={"help": "user turns are cut to this many tokens"})
-    batch_size: int = field(default=16, metadata={"help": "generation batch size"})
-    seed: int = field(default=0, metadata={"help": "seed for synthetic data and splits"})
-    runs_dir: str = field(default="runs", metadata={"help": "parent directory of run directories"})
+    stages: tuple[str, ...] = field(default=STAGES, metadata={"help": "stages to run, in order"})
+    seed: int = field(default=0, metadata={"help": "seed for synthetic data, splits and training"})
+    out: str | None = field(default=None, metadata={"help": "output directory (new); None: a new one under runs/"})
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ValueError(unknown_name_message("profile", self.profile, PROFILES))
-        for name in ("synthetic_rows", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.baseline_samples < 0:
-            raise ValueError("baseline_samples must be 0 (all) or more")
+        if (self.train is None) != (self.eval is None):
+            raise ValueError("give both train and eval files, or neither")
+        if self.data is not None and self.train is not None:
+            raise ValueError("give either data (one file to split) or train and eval files, not both")
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(unknown_name_message("stage", unknown[0], STAGES))
+        if "rft" in self.stages and "sft" not in self.stages:
+            raise ValueError("RFT starts from the SFT checkpoint: include the sft stage (seed 004 advice)")
 
 
 @dataclass
-class StageResult:
-    """Metrics and outputs of one evaluated stage."""
+class PipelineData:
+    """The files the stages read."""
 
-    stage: str
-    model: str
-    metrics: dict
-    confusion: pd.DataFrame
-    predictions: pd.DataFrame
-    seconds: float
-
-
-def new_run_dir(parent: str | os.PathLike, prefix: str) -> Path:
-    """A fresh run directory `<parent>/<prefix>-<UTC time>[-n]`; never an existing one."""
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        path = parent / (f"{prefix}-{stamp}" + (f"-{n}" if n else ""))
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a new run directory under {parent}")
+    sft_file: Path
+    rft_file: Path
+    eval_file: Path
+    labels: tuple[str, ...] | None
+    notes: list[str]
 
 
-def evaluate_stage(stage: str, loaded, prepared: PreparedData, config: PipelineConfig, out_dir: Path,
-                   *, progress: bool = True) -> StageResult:
-    """Generate replies for the eval split and score them; writes predictions.jsonl and metrics.json."""
-    from nbtoolkit.generation import generate_replies
-
-    rows = prepared.splits["eval"]
-    if config.baseline_samples:
-        rows = rows.iloc[: config.baseline_samples]
-    conversations = [[m for m in r["messages"] if m["role"] != "assistant"] for r in
-                     prepared.records("eval", "chat")[: len(rows)]]
-    references = rows["answer"].tolist()
-    started = time.perf_counter()
-    replies = generate_replies(loaded, conversations, max_new_tokens=config.max_new_tokens,
-                               batch_size=config.batch_size, max_prompt_tokens=config.max_prompt_tokens,
-                               progress=progress)
-    seconds = time.perf_counter() - started
-    texts = [r.text for r in replies]
-    labels = list(prepared.labels or ())
-    metrics = classification_metrics(texts, references, labels)
-    metrics["mean_reply_tokens"] = sum(r.n_tokens for r in replies) / max(1, len(replies))
-    metrics["hit_max_new_tokens"] = sum(r.truncated for r in replies)
-    metrics["samples_per_second"] = len(replies) / seconds if seconds else float("nan")
-    predicted = label_predictions(texts, labels)
-    predictions = pd.DataFrame({"row": rows.index, "reference": references, "reply": texts,
-                                "predicted_label": predicted, "reply_tokens": [r.n_tokens for r in replies],
-                                "hit_max_new_tokens": [r.truncated for r in replies]})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(predictions.to_dict(orient="records"), out_dir / "predictions.jsonl")
-    (out_dir / "metrics.json").write_text(json.dumps({"stage": stage, "model": loaded.spec.name, **metrics},
-                                                     indent=2))
-    return StageResult(stage, loaded.spec.name, metrics, confusion_matrix(references, predicted, labels),
-                       predictions, seconds)
+def _prepare(config: PipelineConfig, profile: Profile, out: Path, log: Callable[[str], None]) -> PipelineData:
+    notes: list[str] = []
+    base = PrepareConfig(mapping=config.mapping, labels=config.labels, seed=config.seed)
+    if config.train is not None:
+        single = PrepareConfig(**{**asdict(base), "mapping": config.mapping, "split": None})
+        train = _checked(prepare_dataset(config.train, single, out_dir=out / "data" / "train"), out, log)
+        evaluation = _checked(prepare_dataset(config.eval, single, out_dir=out / "data" / "eval"), out, log)
+        return PipelineData(out / "data/train/all/chat.jsonl", out / "data/train/all/rft.jsonl",
+                            out / "data/eval/all/chat.jsonl", train.labels or evaluation.labels, notes)
+    data: Any = config.data
+    if data is None:
+        data = make_stackoverflow_dataset(profile.synthetic_rows, seed=config.seed)
+        notes.append(f"Data: {profile.synthetic_rows:,} rows of {SYNTHETIC_NOTE}")
+    prepared = _checked(prepare_dataset(data, base, out_dir=out / "data"), out, log)
+    return PipelineData(out / "data/sft/chat.jsonl", out / "data/rft/rft.jsonl", out / "data/eval/chat.jsonl",
+                        prepared.labels, notes)
 
 
-def _profile_model(config: PipelineConfig):
-    from nbtoolkit.models import DEFAULT_MODEL, load_model, tiny_model
-
-    if config.model:
-        return load_model(config.model)
-    if config.profile == "tiny":
-        return tiny_model(seed=config.seed)
-    return load_model(DEFAULT_MODEL)
-
-
-def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True, log=print) -> dict:
-    """Run every stage in a new run directory and return the summary (also written to summary.json)."""
-    config = config or PipelineConfig()
-    run_dir = new_run_dir(config.runs_dir, "pipeline")
-    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
-    log(f"run directory: {run_dir}")
-
-    if config.data is None:
-        rows = config.synthetic_rows if config.profile == "demo" else min(config.synthetic_rows, 120)
-        data = make_stackoverflow_dataset(rows, seed=config.seed)
-        log(f"[1/2] data: {rows:,} synthetic Stack Overflow-like rows (no real data given)")
-    else:
-        data = config.data
-        log(f"[1/2] data: {data}")
-    prepared = prepare_dataset(data, PrepareConfig(seed=config.seed), out_dir=run_dir / "data")
+def _checked(prepared: PreparedData, out: Path, log: Callable[[str], None]) -> PreparedData:
     log(prepared.summary())
     if not prepared.ok:
-        raise SystemExit(f"data validation failed; see {run_dir / 'data' / 'validation.json'}")
+        raise NbtoolkitError(f"data validation failed; see {prepared.out_dir / 'validation.json'}")
+    return prepared
 
-    loaded = _profile_model(config)
-    log(f"[2/2] baseline evaluation of {loaded.spec.name} on {config.baseline_samples or 'all'} eval rows "
-        f"({loaded.plan.device}, autocast {loaded.plan.autocast_dtype})")
-    baseline = evaluate_stage("baseline", loaded, prepared, config, run_dir / "baseline", progress=progress)
-    log(format_stage(baseline))
-    summary = {"run_dir": str(run_dir), "stages": {"baseline": baseline.metrics},
-               "data": {k: len(v) for k, v in prepared.splits.items()}}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+def _model(config: PipelineConfig, profile: Profile, out: Path) -> str:
+    if config.model:
+        return config.model
+    if profile.model == "tiny":
+        from nbtoolkit.models import tiny_model
+
+        return str(tiny_model(seed=config.seed, vocab_from=None).save(out / "tiny-model"))
+    return profile.model
+
+
+def stage_table_from(stages: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """Metrics by stage with deltas (see plots.stage_table)."""
+    from nbtoolkit.plots import stage_table
+
+    return stage_table(stages)
+
+
+def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the configured stages; returns the content of stages.json."""
+    from nbtoolkit.evaluation import EvalResult
+    from nbtoolkit.runtime import JobSpec, LocalRuntime
+
+    config = config or PipelineConfig()
+    profile = PROFILES[config.profile]
+    if config.out is None:
+        out = new_run_dir("runs", f"pipeline-{profile.name}")
+    else:
+        out = Path(config.out)
+        if out.exists() and any(out.iterdir()):
+            raise NbtoolkitError(f"output directory {out} is not empty; choose a new one")
+        out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "pipeline.json", {"config": _config_dict(config), "profile": asdict(profile)})
+    log(f"pipeline ({profile.name}: {profile.description})\noutput: {out}")
+    started = time.perf_counter()
+
+    log("[data] preparing")
+    data = _prepare(config, profile, out, log)
+    model = _model(config, profile, out)
+    runtime = LocalRuntime(out / "jobs")
+    eval_config = EvalConfig.for_platform("local", **profile.eval)
+    summary: dict[str, Any] = {"profile": profile.name, "model": model, "stages": {}, "jobs": {}, "deltas": {},
+                               "labels": list(data.labels or []), "notes": data.notes}
+    results: dict[str, EvalResult] = {}
+    curves: dict[str, tuple[pd.DataFrame, str]] = {}
+
+    def run_job(spec: JobSpec, title: str):
+        job = runtime.launch(spec)
+        summary["jobs"][spec.name] = str(job.run_dir)
+        log(f"[{title}] {spec.kind} job in {job.run_dir}")
+        result = job.wait(progress=progress)
+        return job, result
+
+    def evaluate_stage(stage: str, stage_model: str) -> None:
+        spec = JobSpec("eval", eval_config, model=stage_model, eval_file=str(data.eval_file),
+                       labels=data.labels, name=f"eval-{stage}")
+        job, _ = run_job(spec, f"{stage} eval")
+        results[stage] = EvalResult.load(job.run_dir / "eval")
+        summary["stages"][stage] = _headline(results[stage].metrics)
+        previous = list(summary["stages"])[-2] if len(summary["stages"]) > 1 else None
+        if previous:
+            summary["deltas"][stage] = {k: v - summary["stages"][previous][k]
+                                        for k, v in summary["stages"][stage].items()
+                                        if isinstance(v, (int, float)) and k in summary["stages"][previous]}
+        log(results[stage].summary())
+        _write_outputs(out, summary, results, curves, eval_config)
+
+    try:
+        if "baseline" in config.stages:
+            evaluate_stage("baseline", model)
+        current = model
+        if "sft" in config.stages:
+            sft_config = SFTLoraConfig.for_platform("local", seed=config.seed, **profile.sft)
+            job, _ = run_job(JobSpec("sft_lora", sft_config, model=model, train_file=str(data.sft_file),
+                                     eval_file=str(data.eval_file), labels=data.labels, name="sft"), "sft")
+            curves["SFT loss"] = (job.metrics(), "loss")
+            current = str(job.run_dir)
+            evaluate_stage("sft", current)
+        if "rft" in config.stages:
+            rft_config = RFTLoraConfig.for_platform("local", seed=config.seed, **profile.rft)
+            job, _ = run_job(JobSpec("rft_lora", rft_config, model=current, train_file=str(data.rft_file),
+                                     labels=data.labels, name="rft"), "rft")
+            curves["RFT reward"] = (job.metrics(), "reward_mean")
+            evaluate_stage("rft", str(job.run_dir))
+    finally:
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        _write_outputs(out, summary, results, curves, eval_config)
+    log(f"done in {summary['seconds']:.0f} s\n{stage_table_from(summary['stages']).round(3).to_string()}\n"
+        f"stages: {out / 'stages.json'}\nreport: {out / 'report.html'}")
     return summary
 
 
-def format_stage(result: StageResult) -> str:
-    """A short text report of one stage: headline metrics and the confusion matrix."""
-    m = result.metrics
-    lines = [f"{result.stage} ({result.model}, {m['n']} samples, {result.seconds:.1f} s, "
-             f"{m['samples_per_second']:.2f} samples/s)",
-             f"  exact match {m['exact_match']:.3f} ± {m['exact_match_stderr']:.3f} | quasi exact match "
-             f"{m['quasi_exact_match']:.3f} | label accuracy {m['label_accuracy']:.3f} ± "
-             f"{m['label_accuracy_stderr']:.3f} | no valid label {m['no_valid_prediction']} | "
-             f"mean reply {m['mean_reply_tokens']:.1f} tokens ({m['hit_max_new_tokens']} hit the limit)",
-             "  confusion matrix (rows: true label, columns: predicted):",
-             "    " + result.confusion.to_string().replace("\n", "\n    ")]
-    return "\n".join(lines)
+def _config_dict(config: PipelineConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["mapping"] = config.mapping.to_dict() if config.mapping else None
+    return data
+
+
+# Headline metrics carried into stages.json and the report (the full set stays in each eval directory).
+HEADLINE = ("exact_match", "quasi_exact_match", "label_accuracy", "macro_f1", "no_valid_prediction", "rouge1",
+            "f1_score", "loglik_accuracy", "reply_tokens_mean", "hit_max_new_tokens", "samples_per_second", "n")
+
+
+def _headline(metrics: dict[str, float]) -> dict[str, float]:
+    out = {k: metrics[k] for k in HEADLINE if k in metrics}
+    for k in ("exact_match", "label_accuracy"):
+        if f"{k}_stderr" in metrics:
+            out[f"{k}_stderr"] = metrics[f"{k}_stderr"]
+    return out
+
+
+def _write_outputs(out: Path, summary: dict, results: dict, curves: dict, eval_config: EvalConfig) -> None:
+    from nbtoolkit.report import write_report
+
+    write_json_atomic(out / "stages.json", summary)
+    if not results:
+        return
+    lengths = {stage: r.predictions["reply_tokens"].tolist() for stage, r in results.items()
+               if "reply_tokens" in r.predictions}
+    confusions = {stage: r.confusion for stage, r in results.items() if r.confusion is not None}
+    write_report(out / "report.html", f"nbtoolkit pipeline ({summary['profile']}, {summary['model']})",
+                 summary["stages"], confusions=confusions, reply_lengths=lengths,
+                 max_new_tokens=eval_config.max_new_tokens, curves=curves, notes=summary.get("notes", []))
+
+
+def load_stages(out: str | os.PathLike) -> dict[str, Any]:
+    """stages.json of a finished (or interrupted) pipeline run."""
+    data = read_json(Path(out) / "stages.json")
+    if data is None:
+        raise NbtoolkitError(f"no stages.json in {out}")
+    return data

@@ -1,28 +1,41 @@
-import json
-
 import pytest
 
 from nbtoolkit.cli import main
 from nbtoolkit.data.formats import read_jsonl
 from nbtoolkit.generation import generate_replies
 from nbtoolkit.models import tiny_model
-from nbtoolkit.pipeline import PipelineConfig, new_run_dir, run_pipeline
+from nbtoolkit.pipeline import PipelineConfig, load_stages, run_pipeline
+from nbtoolkit.runtime.events import new_run_dir
 
 
-def test_tiny_pipeline_writes_data_baseline_and_summary(tmp_path):
+def test_tiny_pipeline_runs_every_stage_and_writes_stages_and_report(tmp_path):
     lines = []
-    summary = run_pipeline(PipelineConfig(profile="tiny", baseline_samples=8, runs_dir=str(tmp_path)),
-                           progress=False, log=lines.append)
-    run_dir = tmp_path / summary["run_dir"].split("/")[-1]
-    assert (run_dir / "data" / "manifest.json").exists()
-    predictions = list(read_jsonl(run_dir / "baseline" / "predictions.jsonl"))
-    assert len(predictions) == 8
-    assert set(predictions[0]) == {"row", "reference", "reply", "predicted_label", "reply_tokens",
-                                   "hit_max_new_tokens"}
-    metrics = json.loads((run_dir / "baseline" / "metrics.json").read_text())
-    assert metrics["n"] == 8 and 0 <= metrics["label_accuracy"] <= 1
-    assert json.loads((run_dir / "summary.json").read_text())["stages"]["baseline"]["n"] == 8
-    assert any("confusion matrix" in line for line in lines)
+    out = tmp_path / "run"
+    summary = run_pipeline(PipelineConfig(profile="tiny", out=str(out)), progress=False, log=lines.append)
+    assert list(summary["stages"]) == ["baseline", "sft", "rft"]
+    assert set(summary["deltas"]) == {"sft", "rft"}
+    stages = load_stages(out)
+    assert stages["stages"]["sft"]["n"] == 8
+    assert stages["deltas"]["sft"]["exact_match"] == pytest.approx(
+        stages["stages"]["sft"]["exact_match"] - stages["stages"]["baseline"]["exact_match"])
+    for stage in ("baseline", "sft", "rft"):
+        predictions = list(read_jsonl(f"{summary['jobs'][f'eval-{stage}']}/eval/predictions.jsonl"))
+        assert len(predictions) == 8
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 5  # 3 confusion matrices, lengths, curves
+    assert "Δ rft" in report
+    assert (out / "data" / "manifest.json").exists()
+    assert any("label accuracy" in line for line in lines)
+
+
+def test_rft_without_sft_is_refused():
+    with pytest.raises(ValueError, match="starts from the SFT checkpoint"):
+        PipelineConfig(stages=("baseline", "rft"))
+
+
+def test_train_and_eval_go_together():
+    with pytest.raises(ValueError, match="both train and eval"):
+        PipelineConfig(train="a.csv")
 
 
 def test_run_directories_are_never_reused(tmp_path):
@@ -42,8 +55,13 @@ def test_generation_keeps_input_order_and_stops_at_the_template_terminator():
 def test_pipeline_config_checks_values():
     with pytest.raises(ValueError, match="did you mean 'tiny'"):
         PipelineConfig(profile="tin")
-    with pytest.raises(ValueError, match="batch_size"):
-        PipelineConfig(batch_size=0)
+
+
+def test_cli_pipeline_refuses_a_non_empty_out(tmp_path, capsys):
+    (tmp_path / "x").write_text("keep me")
+    assert main(["pipeline", "--profile", "tiny", "--out", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "x").read_text() == "keep me"
 
 
 def test_cli_model_info_for_a_nova_name_needs_no_download(capsys):
