@@ -1,1 +1,38 @@
-"""nbtoolkit."""
+"""nbtoolkit: customize language models from a notebook, offline on a CPU or on SageMaker.
+
+The names a notebook uses are importable from here; heavy modules (torch, transformers) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "nbtoolkit.data": ("ColumnMapping", "PrepareConfig", "prepare_dataset", "load_table",
+                       "make_stackoverflow_dataset", "validate_records"),
+    "nbtoolkit.models": ("load_model", "model_info", "list_models", "tiny_model"),
+    "nbtoolkit.training.config": ("SFTLoraConfig", "SFTFullConfig", "RFTLoraConfig", "EvalConfig"),
+    "nbtoolkit.runtime": ("LocalRuntime", "Job", "JobSpec", "TrainingResult"),
+    "nbtoolkit.evaluation": ("evaluate", "EvalResult"),
+    "nbtoolkit.rewards": ("make_label_reward", "verify_reward_function", "lambda_handler"),
+    "nbtoolkit.pipeline": ("PipelineConfig", "run_pipeline", "PROFILES"),
+    "nbtoolkit.plots": ("confusion_matrix_figure", "response_length_figure", "training_curve_figure",
+                        "stage_table", "stage_table_styler"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'nbtoolkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -21,3 +21,14 @@ def shared_file(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs {path} (the shared data is not on this machine)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and threads spin-wait badly when other processes share the CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

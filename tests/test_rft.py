@@ -38,15 +38,9 @@ def always_negative(samples: list[dict]) -> list[dict]:
     return [{"id": s["id"], "aggregate_reward_score": -1.0} for s in samples]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads, and on a shared CPU their spin-waits cost several times more."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
