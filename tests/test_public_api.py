@@ -1,3 +1,5 @@
+import pytest
+
 import nbtoolkit
 
 
@@ -16,9 +18,5 @@ def test_importing_the_package_does_not_load_torch():
 
 
 def test_unknown_name_raises_attribute_error():
-    try:
-        nbtoolkit.NoSuchThing
-    except AttributeError as error:
-        assert "NoSuchThing" in str(error)
-    else:
-        raise AssertionError("expected AttributeError")
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        getattr(nbtoolkit, "NoSuchThing")

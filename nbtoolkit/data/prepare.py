@@ -111,7 +111,7 @@ class PreparedData:
                          f"{sanitized['rows_dropped']} rows dropped")
         for name, report in self.reports.items():
             if report.problems:
-                lines.append(report.summary(limit=3))
+                lines.append(report.summary(limit=3, title=name))
         n_errors = sum(len(r.errors) for r in self.reports.values())
         n_warnings = sum(len(r.warnings) for r in self.reports.values())
         lines.append(f"validation: {'OK' if self.ok else 'FAILED'} ({n_errors} errors, {n_warnings} warnings)")

@@ -87,8 +87,8 @@ class ValidationReport:
         return {"format": self.fmt, "platform": self.platform, "rows": self.n_rows, "ok": self.ok,
                 "counts": self.counts(), "problems": [asdict(p) for p in self.problems]}
 
-    def summary(self, limit: int = 5) -> str:
-        head = (f"{self.fmt}: {self.n_rows} rows, {len(self.errors)} errors, {len(self.warnings)} warnings")
+    def summary(self, limit: int = 5, title: str | None = None) -> str:
+        head = f"{title or self.fmt}: {self.n_rows} rows, {len(self.errors)} errors, {len(self.warnings)} warnings"
         lines = [head] + [f"  {p}" for p in self.problems[:limit]]
         if len(self.problems) > limit:
             lines.append(f"  ... {len(self.problems) - limit} more (see validation.json)")
