@@ -142,17 +142,11 @@ def _model(config: PipelineConfig, profile: Profile, out: Path) -> str:
     return profile.model
 
 
-def stage_table_from(stages: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """Metrics by stage with deltas (see plots.stage_table)."""
-    from nbtoolkit.plots import stage_table
-
-    return stage_table(stages)
-
-
 def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the configured stages; returns the content of stages.json."""
     from nbtoolkit.evaluation import EvalResult
+    from nbtoolkit.plots import stage_table
     from nbtoolkit.runtime import JobSpec, LocalRuntime
 
     config = config or PipelineConfig()
@@ -219,7 +213,7 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
     finally:
         summary["seconds"] = round(time.perf_counter() - started, 1)
         _write_outputs(out, summary, results, curves, eval_config)
-    log(f"done in {summary['seconds']:.0f} s\n{stage_table_from(summary['stages']).round(3).to_string()}\n"
+    log(f"done in {summary['seconds']:.0f} s\n{stage_table(summary['stages']).round(3).to_string()}\n"
         f"stages: {out / 'stages.json'}\nreport: {out / 'report.html'}")
     return summary
 
