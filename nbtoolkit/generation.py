@@ -1,12 +1,14 @@
-"""Batched greedy generation for chat prompts: length-sorted batches, bf16 autocast where supported."""
+"""Greedy generation for chat prompts: the shared prompt head encoded once, batched decoding, bf16 where supported."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 from tqdm.auto import tqdm
 
 from nbtoolkit.models import LoadedModel, answer_terminator_ids
@@ -45,6 +47,96 @@ def encode_prompts(tokenizer, conversations: Sequence[list[dict]], max_prompt_to
     return encoded
 
 
+# A shared prompt head shorter than this is not worth a separate forward pass.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt starts with (the templated system prompt, typically), leaving each at least one more."""
+    if len(prompts) < 2:
+        return 0
+    shortest = min(len(p) for p in prompts)
+    common = len(os.path.commonprefix([list(p) for p in prompts]))
+    return min(common, shortest - 1)
+
+
+def _prefix_cache(model, prefix: list[int], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys and values of the shared prompt head, computed once for every batch of a call."""
+    output = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
+    return [(keys, values) for keys, values, *_ in output.past_key_values]
+
+
+def _prefill(model, suffixes: list[list[int]], prefix_kv, prefix_length: int, device):
+    """Run each prompt's own tokens alone after the shared prefix (no compute spent on padding), then stack the
+    rows' keys and values into one left-padded batch cache for decoding.
+
+    Returns the next-token logits of each row, the batch cache and its attention mask.
+    """
+    width = max(len(ids) for ids in suffixes)
+    logits, row_caches = [], []
+    for ids in suffixes:
+        cache = DynamicCache(ddp_cache_data=prefix_kv) if prefix_kv else DynamicCache()
+        positions = torch.arange(prefix_length, prefix_length + len(ids), device=device)[None]
+        output = model(input_ids=torch.tensor([ids], device=device), position_ids=positions,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits.append(output.logits[:, -1])
+        row_caches.append([(keys[0, :, prefix_length:], values[0, :, prefix_length:])
+                           for keys, values, *_ in output.past_key_values])
+    layers = []
+    for layer, (first_keys, _) in enumerate(row_caches[0]):
+        shape = (len(suffixes), first_keys.shape[0], prefix_length + width, first_keys.shape[2])
+        keys, values = first_keys.new_zeros(shape), first_keys.new_zeros(shape)
+        if prefix_kv:
+            keys[:, :, :prefix_length] = prefix_kv[layer][0]
+            values[:, :, :prefix_length] = prefix_kv[layer][1]
+        for row, ids in enumerate(suffixes):
+            keys[row, :, prefix_length + width - len(ids):] = row_caches[row][layer][0]
+            values[row, :, prefix_length + width - len(ids):] = row_caches[row][layer][1]
+        layers.append((keys, values))
+    attention = torch.zeros((len(suffixes), prefix_length + width), dtype=torch.long, device=device)
+    attention[:, :prefix_length] = 1
+    for row, ids in enumerate(suffixes):
+        attention[row, prefix_length + width - len(ids):] = 1
+    return torch.cat(logits), DynamicCache(ddp_cache_data=layers), attention
+
+
+def _greedy_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: int, *, stop: set[int],
+                  max_new_tokens: int, device) -> list[tuple[list[int], bool]]:
+    """Greedy continuation of `prefix + suffix` for each suffix: (new tokens before the stop token, stopped).
+
+    Decoding runs on the whole batch, padded between the cached prefix and each row's own tokens; position ids
+    skip the padding, so each row sees exactly its own prompt. Rows that reach a stop token leave the batch, so
+    long replies do not make the finished ones pay for extra steps.
+    """
+    logits, cache, attention = _prefill(model, suffixes, prefix_kv, prefix_length, device)
+    positions = torch.tensor([[prefix_length + len(ids) - 1] for ids in suffixes], device=device)
+    replies: list[list[int]] = [[] for _ in suffixes]
+    stopped = [False] * len(suffixes)
+    active = list(range(len(suffixes)))
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(-1)
+        keep = []
+        for slot, row in enumerate(active):
+            token = int(tokens[slot])
+            if token in stop:
+                stopped[row] = True
+            else:
+                replies[row].append(token)
+                keep.append(slot)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            tokens, attention, positions = tokens[index], attention[index], positions[index]
+            active = [active[slot] for slot in keep]
+        attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
+        positions = positions + 1
+        logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=positions,
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+    return [(reply, done) for reply, done in zip(replies, stopped)]
+
+
 @torch.inference_mode()
 def generate_replies(
     loaded: LoadedModel,
@@ -57,39 +149,32 @@ def generate_replies(
 ) -> list[Generation]:
     """Greedy replies to chat `conversations`, in input order, stopping at the chat template's terminator.
 
-    Prompts are sorted by length so each left-padded batch wastes little compute; forward passes run under
-    the device plan's autocast (bf16 on CPUs that support it).
+    The prompt head all conversations share (the system prompt) is encoded once, each prompt's own tokens once
+    without padding, and decoding runs `batch_size` length-sorted rows at a time; forward passes run under the
+    device plan's autocast (bf16 on CPUs that support it).
     """
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.plan.device
     prompts = encode_prompts(tokenizer, conversations, max_prompt_tokens)
-    pad_id = loaded.pad_token_id
-    stop = list(dict.fromkeys([*answer_terminator_ids(tokenizer), tokenizer.eos_token_id]))
+    stop = {*answer_terminator_ids(tokenizer), tokenizer.eos_token_id}
+    prefix_length = shared_prefix_length(prompts)
+    if prefix_length < MIN_SHARED_PREFIX:
+        prefix_length = 0
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     model.eval()
     bar = tqdm(total=len(prompts), desc="generating", unit="sample", disable=not progress)
     started = time.perf_counter()
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids = prompts[i]
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention[row, width - len(ids):] = 1
-        with loaded.plan.autocast():
-            output = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=False,
-                max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stop,
-                temperature=None, top_p=None, top_k=None)
-        for row, i in enumerate(batch):
-            new = output[row, width:].tolist()
-            ended = next((k for k, token in enumerate(new) if token in stop), None)
-            kept = new if ended is None else new[:ended]
-            results[i] = Generation(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(kept),
-                                    truncated=ended is None)
-        bar.update(len(batch))
-        bar.set_postfix(samples_per_s=f"{bar.n / (time.perf_counter() - started):.2f}")
+    with loaded.plan.autocast():
+        prefix_kv = _prefix_cache(model, prompts[0][:prefix_length], device) if prefix_length else None
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            replies = _greedy_batch(model, [prompts[i][prefix_length:] for i in batch], prefix_kv, prefix_length,
+                                    stop=stop, max_new_tokens=max_new_tokens,
+                                    device=device)
+            for i, (tokens, stopped) in zip(batch, replies):
+                results[i] = Generation(tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens),
+                                        truncated=not stopped)
+            bar.update(len(batch))
+            bar.set_postfix(samples_per_s=f"{bar.n / (time.perf_counter() - started):.2f}")
     bar.close()
     return [r for r in results if r is not None]
