@@ -3,7 +3,8 @@
 Both sides answer the same templated prompts (synthetic Stack Overflow questions with the case study's system
 prompt, or --data) with greedy decoding and the same max_new_tokens, in one process, one after the other:
 
-- ours:  nbtoolkit.generation.generate_replies (length-sorted left-padded batches, stop at the answer terminator)
+- ours:  nbtoolkit.generation.generate_replies with the model loaded as the product loads it (bf16 autocast on
+         CPUs with native bf16, else float32): shared prompt head once, batched decoding, stop at the terminator
 - naive: model.generate on one prompt at a time, float32, no batching
 
     nice -n 10 .venv/bin/python benchmarks/eval_throughput.py --samples 16
@@ -92,14 +93,16 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         conversations = synthetic_conversations(args.samples, args.seed)
     loaded = load_model(args.model, dtype="float32")
+    product = load_model(args.model)
     prompt_tokens = [len(p) for p in encode_prompts(loaded.tokenizer, conversations, args.max_prompt_tokens)]
-    print(f"model {loaded.spec.name} ({loaded.plan.reason}), torch threads {torch.get_num_threads()}, "
+    print(f"model {loaded.spec.name}; naive: {loaded.plan.reason}; ours: {product.plan.reason}; "
+          f"torch threads {torch.get_num_threads()}, "
           f"{len(conversations)} prompts of {sum(prompt_tokens) / len(prompt_tokens):.0f} tokens on average, "
           f"max_new_tokens {args.max_new_tokens}", flush=True)
 
     # Warm both paths up on one short prompt so one-time costs (allocations, kernel selection) are not timed.
     naive_replies(loaded, conversations[:1], max_new_tokens=2, max_prompt_tokens=args.max_prompt_tokens)
-    generate_replies(loaded, conversations[:1], max_new_tokens=2, max_prompt_tokens=args.max_prompt_tokens,
+    generate_replies(product, conversations[:1], max_new_tokens=2, max_prompt_tokens=args.max_prompt_tokens,
                      progress=False)
 
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"naive per-sample generate: {naive_seconds:.1f} s, {len(naive) / naive_seconds:.2f} samples/s", flush=True)
 
     started, cpu_started = time.perf_counter(), time.process_time()
-    ours = generate_replies(loaded, conversations, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    ours = generate_replies(product, conversations, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             max_prompt_tokens=args.max_prompt_tokens, progress=False)
     ours_seconds, ours_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     print(f"ours (generate_replies, batch {args.batch_size}): {ours_seconds:.1f} s, "
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     same = sum(a == b.text for a, b in zip(naive, ours)) / len(ours)
     result = {
-        "model": loaded.spec.name, "samples": len(conversations), "max_new_tokens": args.max_new_tokens,
+        "model": loaded.spec.name, "ours_plan": product.plan.reason, "samples": len(conversations),
+        "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size, "threads": torch.get_num_threads(),
         "mean_prompt_tokens": sum(prompt_tokens) / len(prompt_tokens),
         "mean_reply_tokens": sum(g.n_tokens for g in ours) / len(ours),

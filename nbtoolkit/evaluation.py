@@ -142,6 +142,14 @@ def infer_labels(references: Sequence[str]) -> list[str] | None:
 # Label log-likelihood
 
 
+def label_continuations(tokenizer, labels: Sequence[str]) -> list[list[int]]:
+    """Token ids of each label followed by the answer terminator: the complete reply that names the label."""
+    from nbtoolkit.models import answer_terminator_ids
+
+    terminator = answer_terminator_ids(tokenizer)
+    return [tokenizer(label, add_special_tokens=False)["input_ids"] + terminator for label in labels]
+
+
 def label_logprobs(
     loaded: LoadedModel,
     conversations: Sequence[list[dict]],
@@ -153,64 +161,15 @@ def label_logprobs(
 ) -> np.ndarray:
     """Summed log-probability of each label + answer terminator as the assistant reply: shape (rows, labels).
 
-    Each batch of prompts runs once (left-padded, length-sorted); its key/value cache is then repeated once per
-    label and every label continuation is scored in a single second pass, so the prompt is never recomputed.
+    Each prompt runs once; every label is then scored from its key/value cache (see generate_replies).
     """
-    import torch
-    from tqdm.auto import tqdm
+    from nbtoolkit.generation import generate_replies
 
-    from nbtoolkit.generation import encode_prompts
-    from nbtoolkit.models import answer_terminator_ids
-
-    model, tokenizer = loaded.model, loaded.tokenizer
-    device, pad_id = loaded.plan.device, loaded.pad_token_id
-    prompts = encode_prompts(tokenizer, conversations, max_prompt_tokens)
-    terminator = answer_terminator_ids(tokenizer)
-    continuations = [tokenizer(label, add_special_tokens=False)["input_ids"] + terminator for label in labels]
-    n_labels, width_c = len(labels), max(len(c) for c in continuations)
-    label_ids = torch.full((n_labels, width_c), pad_id, dtype=torch.long)
-    label_mask = torch.zeros((n_labels, width_c), dtype=torch.long)
-    for k, ids in enumerate(continuations):
-        label_ids[k, :len(ids)] = torch.tensor(ids)
-        label_mask[k, :len(ids)] = 1
-    first_tokens = label_ids[:, 0]
-
-    scores = np.zeros((len(prompts), n_labels))
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    model.eval()
-    bar = tqdm(total=len(prompts), desc="label log-likelihood", unit="sample", disable=not progress)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            rows, width = len(batch), max(len(prompts[i]) for i in batch)
-            input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
-            attention = torch.zeros((rows, width), dtype=torch.long)
-            for r, i in enumerate(batch):
-                input_ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                attention[r, width - len(prompts[i]):] = 1
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)
-            with loaded.plan.autocast():
-                out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                            position_ids=positions.to(device), use_cache=True, logits_to_keep=1)
-            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)[:, first_tokens.to(device)]  # (rows, L)
-            cache = out.past_key_values
-            cache.batch_repeat_interleave(n_labels)  # row r becomes rows r*L .. r*L+L-1
-            ids = label_ids.repeat(rows, 1)
-            mask = label_mask.repeat(rows, 1)
-            lengths = attention.sum(-1).repeat_interleave(n_labels)
-            with loaded.plan.autocast():
-                out = model(input_ids=ids.to(device),
-                            attention_mask=torch.cat([attention.repeat_interleave(n_labels, 0), mask], 1).to(device),
-                            position_ids=(lengths[:, None] + torch.arange(width_c)).to(device),
-                            past_key_values=cache, use_cache=False)
-            logits = out.logits[:, :-1].float()
-            targets = ids[:, 1:].to(device)
-            token_logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-            rest = (token_logprobs * mask[:, 1:].to(device)).sum(-1).view(rows, n_labels)
-            scores[batch] = (first + rest).cpu().numpy()
-            bar.update(rows)
-    bar.close()
-    return scores
+    generations = generate_replies(loaded, conversations, max_new_tokens=0, batch_size=batch_size,
+                                   max_prompt_tokens=max_prompt_tokens, progress=progress,
+                                   continuations=label_continuations(loaded.tokenizer, labels))
+    return np.array([g.continuation_logprobs for g in generations], dtype=float).reshape(len(generations),
+                                                                                         len(labels))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -322,7 +281,7 @@ def _reference_label(reference: str, labels: Sequence[str]) -> str:
 
 
 def _generate(loaded: LoadedModel, conversations: list[list[dict]], config: EvalConfig, log: RunLog | None,
-              progress: bool) -> list:
+              progress: bool, continuations: Sequence[Sequence[int]] = ()) -> list:
     """generate_replies in chunks pre-sorted by prompt length (the same batches as one call), reporting progress."""
     from tqdm.auto import tqdm
 
@@ -338,7 +297,7 @@ def _generate(loaded: LoadedModel, conversations: list[list[dict]], config: Eval
         part = order[start:start + chunk]
         replies = generate_replies(loaded, [conversations[i] for i in part], max_new_tokens=config.max_new_tokens,
                                    batch_size=config.batch_size, max_prompt_tokens=config.max_prompt_tokens,
-                                   progress=False)
+                                   progress=False, continuations=continuations)
         for i, reply in zip(part, replies):
             results[i] = reply
         done = start + len(part)
@@ -381,7 +340,9 @@ def evaluate(
 
     started = time.perf_counter()
     conversations = [e.conversation for e in examples]
-    generations = _generate(loaded, conversations, config, log, progress)
+    # The label log-likelihoods come from the same prompt pass as the replies.
+    continuations = label_continuations(loaded.tokenizer, labels) if labels and config.loglik else ()
+    generations = _generate(loaded, conversations, config, log, progress, continuations)
     seconds = time.perf_counter() - started
     replies = [g.text for g in generations]
 
@@ -413,19 +374,12 @@ def evaluate(
         confusion = confusion_matrix(truth, predicted, labels)
         per_class = per_class_metrics(truth, predicted, labels)
         if config.loglik:
-            if log is not None:
-                log.progress(0, len(examples), phase="eval_loglik")
-            started = time.perf_counter()
-            scores = label_logprobs(loaded, conversations, labels, batch_size=config.batch_size,
-                                    max_prompt_tokens=config.max_prompt_tokens, progress=progress)
+            scores = np.array([g.continuation_logprobs for g in generations], dtype=float)
             best = [labels[k] for k in scores.argmax(axis=1)]
             correct = [float(b == t) for b, t in zip(best, truth)]
             metrics["loglik_accuracy"], metrics["loglik_accuracy_stderr"] = mean_and_stderr(correct)
-            metrics["loglik_seconds"] = time.perf_counter() - started
             predictions["loglik_label"] = best
             predictions["loglik_correct"] = [b == t for b, t in zip(best, truth)]
-            if log is not None:
-                log.progress(len(examples), len(examples), phase="eval_loglik")
 
     result = EvalResult(metrics, predictions, confusion, per_class, config, labels, loaded.spec.name)
     if log is not None:
@@ -443,6 +397,7 @@ __all__ = [
     "eval_example",
     "evaluate",
     "infer_labels",
+    "label_continuations",
     "label_logprobs",
     "load_eval_examples",
 ]

@@ -16,11 +16,13 @@ from nbtoolkit.models import LoadedModel, answer_terminator_ids
 
 @dataclass(frozen=True)
 class Generation:
-    """One reply with its token count and whether it stopped at max_new_tokens."""
+    """One reply with its token count, whether it stopped at max_new_tokens, and the log-probability of each
+    scored continuation (when generate_replies was given some)."""
 
     text: str
     n_tokens: int
     truncated: bool
+    continuation_logprobs: tuple[float, ...] = ()
 
 
 def truncate_user_turns(messages: list[dict], tokenizer, max_tokens: int | None) -> list[dict]:
@@ -70,7 +72,8 @@ def _prefill(model, suffixes: list[list[int]], prefix_kv, prefix_length: int, de
     """Run each prompt's own tokens alone after the shared prefix (no compute spent on padding), then stack the
     rows' keys and values into one left-padded batch cache for decoding.
 
-    Returns the next-token logits of each row, the batch cache and its attention mask.
+    Returns the next-token logits of each row, the batch cache's per-layer keys and values, and its attention
+    mask.
     """
     width = max(len(ids) for ids in suffixes)
     logits, row_caches = [], []
@@ -97,19 +100,50 @@ def _prefill(model, suffixes: list[list[int]], prefix_kv, prefix_length: int, de
     attention[:, :prefix_length] = 1
     for row, ids in enumerate(suffixes):
         attention[row, prefix_length + width - len(ids):] = 1
-    return torch.cat(logits), DynamicCache(ddp_cache_data=layers), attention
+    return torch.cat(logits), layers, attention
+
+
+def _continuation_logprobs(model, logits, layers, attention, positions,
+                           continuations: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Summed log-probability of each continuation after each row's prompt: (rows, continuations).
+
+    The prompts' cache is reused as is (each pass gets a fresh cache object over the same tensors), so scoring
+    costs a few tokens per continuation, not another pass over the prompts.
+    """
+    first = torch.log_softmax(logits.float(), dim=-1)
+    scores = []
+    for ids in continuations:
+        score = first[:, ids[0]]
+        if len(ids) > 1:
+            rows, rest = logits.shape[0], len(ids) - 1
+            tokens = torch.tensor(ids, device=logits.device)
+            output = model(input_ids=tokens[:-1].expand(rows, rest),
+                           attention_mask=torch.cat([attention, attention.new_ones(rows, rest)], dim=1),
+                           position_ids=positions + 1 + torch.arange(rest, device=logits.device),
+                           past_key_values=DynamicCache(ddp_cache_data=layers), use_cache=True)
+            following = torch.log_softmax(output.logits.float(), dim=-1)
+            score = score + following.gather(-1, tokens[1:].expand(rows, rest)[..., None]).squeeze(-1).sum(-1)
+        scores.append(score)
+    return torch.stack(scores, dim=1)
 
 
 def _greedy_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: int, *, stop: set[int],
-                  max_new_tokens: int, device) -> list[tuple[list[int], bool]]:
-    """Greedy continuation of `prefix + suffix` for each suffix: (new tokens before the stop token, stopped).
+                  max_new_tokens: int, device, continuations: Sequence[Sequence[int]] = ()
+                  ) -> list[tuple[list[int], bool, tuple[float, ...]]]:
+    """Greedy continuation of `prefix + suffix` for each suffix: (new tokens before the stop token, stopped,
+    log-probabilities of the given continuations).
 
     Decoding runs on the whole batch, padded between the cached prefix and each row's own tokens; position ids
     skip the padding, so each row sees exactly its own prompt. Rows that reach a stop token leave the batch, so
     long replies do not make the finished ones pay for extra steps.
     """
-    logits, cache, attention = _prefill(model, suffixes, prefix_kv, prefix_length, device)
+    logits, layers, attention = _prefill(model, suffixes, prefix_kv, prefix_length, device)
     positions = torch.tensor([[prefix_length + len(ids) - 1] for ids in suffixes], device=device)
+    scores: list[tuple[float, ...]] = [()] * len(suffixes)
+    if continuations:
+        scores = [tuple(row) for row in _continuation_logprobs(
+            model, logits, layers, attention, positions, continuations).tolist()]
+    cache = DynamicCache(ddp_cache_data=layers)
     replies: list[list[int]] = [[] for _ in suffixes]
     stopped = [False] * len(suffixes)
     active = list(range(len(suffixes)))
@@ -134,7 +168,7 @@ def _greedy_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: in
         positions = positions + 1
         logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=positions,
                        past_key_values=cache, use_cache=True).logits[:, -1]
-    return [(reply, done) for reply, done in zip(replies, stopped)]
+    return list(zip(replies, stopped, scores))
 
 
 @torch.inference_mode()
@@ -146,12 +180,14 @@ def generate_replies(
     batch_size: int = 16,
     max_prompt_tokens: int | None = 512,
     progress: bool = True,
+    continuations: Sequence[Sequence[int]] = (),
 ) -> list[Generation]:
     """Greedy replies to chat `conversations`, in input order, stopping at the chat template's terminator.
 
     The prompt head all conversations share (the system prompt) is encoded once, each prompt's own tokens once
     without padding, and decoding runs `batch_size` length-sorted rows at a time; forward passes run under the
-    device plan's autocast (bf16 on CPUs that support it).
+    device plan's autocast (bf16 on CPUs that support it). `continuations` (token ids, e.g. each label plus the
+    answer terminator) are scored after every prompt from the same cache; max_new_tokens=0 only scores.
     """
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.plan.device
     prompts = encode_prompts(tokenizer, conversations, max_prompt_tokens)
@@ -169,11 +205,11 @@ def generate_replies(
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             replies = _greedy_batch(model, [prompts[i][prefix_length:] for i in batch], prefix_kv, prefix_length,
-                                    stop=stop, max_new_tokens=max_new_tokens,
-                                    device=device)
-            for i, (tokens, stopped) in zip(batch, replies):
+                                    stop=stop, max_new_tokens=max_new_tokens, device=device,
+                                    continuations=continuations)
+            for i, (tokens, stopped, scores) in zip(batch, replies):
                 results[i] = Generation(tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens),
-                                        truncated=not stopped)
+                                        truncated=not stopped and max_new_tokens > 0, continuation_logprobs=scores)
             bar.update(len(batch))
             bar.set_postfix(samples_per_s=f"{bar.n / (time.perf_counter() - started):.2f}")
     bar.close()

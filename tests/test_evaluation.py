@@ -135,7 +135,8 @@ def scripted(monkeypatch):
     """generate_replies replaced by a script keyed on the user message, to check scoring and row alignment."""
     calls = []
 
-    def fake(loaded, conversations, *, max_new_tokens, batch_size, max_prompt_tokens, progress):
+    def fake(loaded, conversations, *, max_new_tokens, batch_size, max_prompt_tokens, progress, continuations):
+        assert continuations == ()  # loglik is off
         calls.append(len(conversations))
         replies = [SCRIPT[c[-1]["content"]] for c in conversations]
         return [Generation(r, len(r.split()), truncated=len(r.split()) >= max_new_tokens) for r in replies]
@@ -197,6 +198,9 @@ def test_evaluate_real_tiny_model_and_round_trip(tiny, tmp_path):
     assert result.predictions["reply_tokens"].tolist() == [g.n_tokens for g in direct]
     assert result.metrics["n"] == 6 and 0.0 <= result.metrics["loglik_accuracy"] <= 1.0
     assert set(result.predictions["loglik_label"]) <= set(LABELS)
+    separately = label_logprobs(tiny, [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
+                                       for q in queries[:6]], LABELS)
+    assert result.predictions["loglik_label"].tolist() == [LABELS[k] for k in separately.argmax(axis=1)]
 
     for name in ("metrics.json", "predictions.jsonl", "confusion.csv", "per_class.csv"):
         assert (tmp_path / "out" / name).exists()
