@@ -13,6 +13,11 @@ from matplotlib.figure import Figure
 # Metrics shown in stage tables, in order, with how they are formatted.
 STAGE_METRICS = ("exact_match", "quasi_exact_match", "label_accuracy", "macro_f1", "rouge1", "f1_score",
                  "loglik_accuracy", "no_valid_prediction", "reply_tokens_mean")
+# The rows of seed 003's final table (BLEU both ways: the legacy value is what the seed's numbers look like).
+SEED_TABLE_METRICS = ("rouge1", "rouge2", "rougeL", "exact_match", "quasi_exact_match", "f1_score", "f1_score_quasi",
+                      "bleu", "bleu_lighteval_legacy")
+# Curves a training run shows by default: SFT loss and learning rate; RFT reward, KL and reply length.
+DEFAULT_CURVES = {"sft": ("loss", "lr"), "rft": ("reward_mean", "kl", "completion_length")}
 
 
 def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -65,18 +70,79 @@ def training_curve_figure(metrics: pd.DataFrame, *, y: str = "loss", ax: Axes | 
     if y in metrics and "step" in metrics:
         rows = metrics.dropna(subset=[y])
         ax.plot(rows["step"], rows[y], label=y, linewidth=1.2)
-    if y == "loss" and "eval_loss" in metrics:
-        rows = metrics.dropna(subset=["eval_loss"])
-        ax.plot(rows["step"], rows["eval_loss"], "o-", label="eval_loss", markersize=4)
+    held_out = "eval_loss" if y == "loss" else f"eval_{y}"
+    if held_out in metrics and "step" in metrics:
+        rows = metrics.dropna(subset=[held_out])
+        ax.plot(rows["step"], rows[held_out], "o-", label=held_out, markersize=4)
     ax.set_xlabel("step")
     ax.set_ylabel(y)
-    ax.legend(loc="best", fontsize=8)
+    if ax.get_lines():
+        ax.legend(loc="best", fontsize=8)
     ax.set_title(title or y)
     return figure
 
 
-def stage_table(stages: Mapping[str, Mapping[str, float]], metrics: Sequence[str] = STAGE_METRICS) -> pd.DataFrame:
-    """Metrics (rows) by stage (columns) plus the change of each stage from the previous one."""
+def curve_names(metrics: pd.DataFrame) -> tuple[str, ...]:
+    """The default curves of a metrics frame that has data: RFT's when it logs rewards, else SFT's."""
+    kind = "rft" if "reward_mean" in metrics else "sft"
+    return tuple(n for n in DEFAULT_CURVES[kind] if n in metrics and metrics[n].notna().any())
+
+
+def training_curves_figure(metrics: pd.DataFrame, names: Sequence[str] | None = None, *,
+                           axes: Sequence[Axes] | None = None, title: str | None = None) -> Figure:
+    """One panel per metric over steps; default `curve_names(metrics)` (loss/lr, or reward/KL/reply length)."""
+    names = tuple(names) if names is not None else curve_names(metrics)
+    if axes is None:
+        figure = Figure(figsize=(3.3 * max(1, len(names)), 2.7), layout="constrained")
+        axes = list(figure.subplots(1, max(1, len(names)), squeeze=False)[0])
+    figure = axes[0].figure
+    if not names:
+        axes[0].text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].set_axis_off()
+    for ax, name in zip(axes, names):
+        training_curve_figure(metrics, y=name, ax=ax)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def per_class_table(per_class: Mapping[str, pd.DataFrame],
+                    columns: Sequence[str] = ("precision", "recall", "f1", "support")) -> pd.DataFrame:
+    """Per-class metrics of several stages side by side: labels as rows, (stage, metric) as columns."""
+    return pd.concat({stage: table[list(columns)] for stage, table in per_class.items()}, axis=1)
+
+
+def per_class_figure(per_class: Mapping[str, pd.DataFrame], metric: str = "f1", *, ax: Axes | None = None) -> Figure:
+    """Grouped bars of one per-class metric (f1, precision or recall) per label, one colour per stage."""
+    figure, ax = _axes(ax, (5.6, 3.2))
+    frame = pd.DataFrame([(stage, str(label), float(value)) for stage, table in per_class.items()
+                          for label, value in table[metric].items()], columns=["stage", "label", metric])
+    if not frame.empty:
+        sns.barplot(frame, x="label", y=metric, hue="stage", ax=ax)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("true label")
+    ax.set_title(f"Per-class {metric}")
+    return figure
+
+
+def label_distribution_figure(table: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+    """Share of each label per split, from `nbtoolkit.data.label_distribution` (its total row is left out)."""
+    figure, ax = _axes(ax, (5.0, 3.0))
+    counts = table.drop(index="total", errors="ignore")
+    shares = counts / counts.sum().replace(0, np.nan)
+    frame = shares.reset_index(names="label").melt(id_vars="label", var_name="split", value_name="share")
+    sns.barplot(frame, x="split", y="share", hue="label", ax=ax)
+    ax.set_ylim(0, 1)
+    ax.set_title("Label share per split")
+    return figure
+
+
+def stage_table(stages: Mapping[str, Mapping[str, float]], metrics: Sequence[str] = STAGE_METRICS, *,
+                overall: bool = False) -> pd.DataFrame:
+    """Metrics (rows) by stage (columns) plus the change of each stage from the previous one.
+
+    overall=True adds the change of the last stage from the first (seed 003's "Delta (RFT-Base)").
+    """
     names = list(stages)
     present = [m for m in metrics if any(m in stages[s] for s in names)]
     table = pd.DataFrame({s: [stages[s].get(m, np.nan) for m in present] for s in names}, index=present,
@@ -84,13 +150,78 @@ def stage_table(stages: Mapping[str, Mapping[str, float]], metrics: Sequence[str
     table.index.name = "metric"
     for previous, current in zip(names, names[1:]):
         table[f"Δ {current}"] = table[current] - table[previous]
+    if overall and len(names) > 2:
+        table[f"Δ {names[-1]} − {names[0]}"] = table[names[-1]] - table[names[0]]
     return table
 
 
-def stage_table_styler(table: pd.DataFrame, caption: str = "Metrics by stage"):
-    """The notebook view of `stage_table`: three decimals, green for gains, red for losses."""
+def stage_stderr(stages: Mapping[str, Mapping[str, float]], metrics: Sequence[str] = STAGE_METRICS) -> pd.DataFrame:
+    """The `<metric>_stderr` values matching `stage_table(stages, metrics)`'s stage columns (NaN where absent)."""
+    names = list(stages)
+    present = [m for m in metrics if any(m in stages[s] for s in names)]
+    table = pd.DataFrame({s: [stages[s].get(f"{m}_stderr", np.nan) for m in present] for s in names},
+                         index=present, dtype=float)
+    table.index.name = "metric"
+    return table
+
+
+def stage_table_styler(table: pd.DataFrame, caption: str = "Metrics by stage", *, stderr: pd.DataFrame | None = None):
+    """The notebook view of `stage_table`: three decimals, green for gains, red for losses.
+
+    With `stderr` (from `stage_stderr`), a stage's cell reads "0.772 ± 0.019".
+    """
     deltas = [c for c in table.columns if str(c).startswith("Δ")]
     styler = table.style.format("{:.3f}", na_rep="–").set_caption(caption)
+    for (metric, stage), error in ([] if stderr is None else stderr.stack().items()):
+        if metric in table.index and stage in table.columns and np.isfinite(error):
+            styler = styler.format(lambda value, e=error: f"{value:.3f} ± {e:.3f}", subset=([metric], [stage]))
     if deltas:
         styler = styler.background_gradient(cmap="RdYlGn", subset=deltas, vmin=-0.5, vmax=0.5)
     return styler
+
+
+def mix_share_figure(mix, *, ax: Axes | None = None, title: str | None = None) -> Figure:
+    """Each source's effective share of a training batch (percent): the customer's data, then each category.
+
+    `mix` is a MixConfig or a mapping {source: percent}.
+    """
+    shares = dict(mix.effective_shares() if hasattr(mix, "effective_shares") else mix)
+    figure, ax = _axes(ax, (5.6, 0.9 + 0.28 * len(shares)))
+    names = list(shares)[::-1]
+    values = [shares[n] for n in names]
+    colours = ["#1f6feb" if n == "customer" else "#8c959f" for n in names]
+    bars = ax.barh(names, values, color=colours)
+    for bar, value in zip(bars, values):
+        ax.annotate(f"{value:.3g}%", (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlim(0, 112)
+    ax.set_xlabel("share of every batch (%)")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_title(title or "Effective share of a batch")
+    return figure
+
+
+def pareto_figure(table: pd.DataFrame, *, x: str = "general_accuracy", y: str = "label_accuracy",
+                  labels: Sequence[str] = (), ax: Axes | None = None, title: str | None = None) -> Figure:
+    """Domain metric (y) against general metric (x) per run; Pareto-front runs joined and highlighted, a row
+    indexed 'base' (the untrained model) marked with a star. `labels` are columns written next to each point."""
+    figure, ax = _axes(ax, (5.6, 4.0))
+    rows = table.dropna(subset=[x, y]) if x in table and y in table else table.iloc[0:0]
+    runs = rows[rows.index != "base"]
+    front = runs[runs["pareto"]] if "pareto" in runs else runs.iloc[0:0]
+    ax.scatter(runs[x], runs[y], color="#8c959f", label="run", zorder=2)
+    if not front.empty:
+        ordered = front.sort_values(x)
+        ax.plot(ordered[x], ordered[y], "o-", color="#1f6feb", label="Pareto front", zorder=3)
+    if "base" in rows.index:
+        ax.scatter([rows.loc["base", x]], [rows.loc["base", y]], marker="*", s=160, color="#cf222e",
+                   label="base model", zorder=4)
+    for run, row in runs.iterrows():
+        text = ", ".join(f"{c}={row[c]:g}" if isinstance(row[c], float) else f"{c}={row[c]}" for c in labels
+                         if c in row and pd.notna(row[c]))
+        ax.annotate(text or str(run), (row[x], row[y]), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    ax.set_xlabel(f"general: {x}")
+    ax.set_ylabel(f"domain: {y}")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(title or "Domain vs general ability")
+    return figure

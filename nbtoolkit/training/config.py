@@ -43,18 +43,27 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if self.platform not in PLATFORMS:
             raise ValueError(unknown_name_message("platform", self.platform, PLATFORMS))
-        for name, rule in self.BOUNDS.get(self.platform, {}).items():
-            value = getattr(self, name)
+        problems = self.bound_problems(self.platform, {f.name: getattr(self, f.name) for f in fields(self)})
+        if problems:
+            raise ValueError(next(iter(problems.values())))
+        self._check()
+
+    @classmethod
+    def bound_problems(cls, platform: str, values: dict[str, Any]) -> dict[str, str]:
+        """Every value outside `platform`'s bounds, field -> message (what construction raises, all at once)."""
+        problems = {}
+        for name, rule in cls.BOUNDS.get(platform, {}).items():
+            value = values.get(name)
             if value is None:
                 continue
             if isinstance(rule, _Choices):
                 if value not in rule:
-                    raise ValueError(f"{self.METHOD} {name}={value!r} is not allowed for {self.platform}: "
-                                     f"choose one of {list(rule)} ({self.help(name)})")
+                    problems[name] = (f"{cls.METHOD} {name}={value!r} is not allowed for {platform}: "
+                                      f"choose one of {list(rule)} ({cls.help(name)})")
             elif not rule[0] <= value <= rule[1]:
-                raise ValueError(f"{self.METHOD} {name}={value!r} is out of bounds for {self.platform}: "
-                                 f"allowed {rule[0]} to {rule[1]} ({self.help(name)})")
-        self._check()
+                problems[name] = (f"{cls.METHOD} {name}={value!r} is out of bounds for {platform}: "
+                                  f"allowed {rule[0]} to {rule[1]} ({cls.help(name)})")
+        return problems
 
     def _check(self) -> None:
         """Cross-field checks of a subclass."""
@@ -152,10 +161,10 @@ class _TrainingFields(MethodConfig):
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
         default_lr = self.DEFAULTS.get(self.platform, {}).get("lr")
-        if self.mixing and default_lr and self.lr != default_lr:
-            warnings.warn(f"lr {self.lr:g} differs from the default {default_lr:g} while mixing data: the most "
-                          "common cause of unstable training with data mixing (seed 004); change it in small steps",
-                          HyperparameterWarning, stacklevel=3)
+        from nbtoolkit.advisor import check_lr_while_mixing
+
+        for advice in check_lr_while_mixing(self.lr, default_lr, self.mixing):
+            warnings.warn(advice.message, HyperparameterWarning, stacklevel=3)
         if default_lr and not default_lr / 10 <= self.lr <= default_lr * 10:
             warnings.warn(f"lr {self.lr:g} is more than 10x away from the calibrated default {default_lr:g}",
                           HyperparameterWarning, stacklevel=3)

@@ -1,0 +1,165 @@
+"""ResultsView and SampleExplorer over hand-made EvalResults, and the notebooks' Workspace records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from nbtoolkit.evaluation import EvalResult  # noqa: E402
+from nbtoolkit.metrics import (  # noqa: E402
+    confusion_matrix,
+    gen_qa_metrics,
+    label_metrics,
+    label_predictions,
+    per_class_metrics,
+    response_length_metrics,
+)
+from nbtoolkit.training.config import EvalConfig  # noqa: E402
+from nbtoolkit.ui import ResultsView, SampleExplorer, filter_predictions, load_stage_results  # noqa: E402
+from nbtoolkit.workspace import Workspace  # noqa: E402
+
+LABELS = ["HQ", "LQ_EDIT", "LQ_CLOSE"]
+REFERENCES = ["HQ", "LQ_EDIT", "LQ_CLOSE", "HQ", "LQ_CLOSE", "LQ_EDIT"]
+
+
+def fake_result(replies: list[str], references: list[str] = REFERENCES) -> EvalResult:
+    """What evaluate() returns, computed from given replies (no model)."""
+    predicted = label_predictions(replies, LABELS)
+    tokens = [len(r.split()) for r in replies]
+    metrics = {"n": len(replies), **gen_qa_metrics(replies, references, bleu_resamples=20),
+               **label_metrics(replies, references, LABELS), **response_length_metrics(replies, tokens)}
+    predictions = pd.DataFrame({
+        "row": range(len(replies)), "query": [f"How do I parse date {i} in Python?" for i in range(len(replies))],
+        "reference": references, "reply": replies, "predicted_label": predicted,
+        "correct": [p == r for p, r in zip(predicted, references)], "reply_tokens": tokens,
+        "reply_chars": [len(r) for r in replies], "hit_max_new_tokens": [t >= 8 for t in tokens]})
+    return EvalResult(metrics, predictions, confusion_matrix(references, predicted, LABELS),
+                      per_class_metrics(references, predicted, LABELS), EvalConfig(max_new_tokens=8), LABELS, "m")
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, EvalResult]:
+    verbose = "I think this question is HQ because it shows research and code"
+    return {"baseline": fake_result([verbose] * 6),
+            "sft": fake_result(["HQ", "LQ_EDIT", "HQ", "HQ", "LQ_CLOSE", "LQ_CLOSE"]),
+            "rft": fake_result(["HQ", "LQ_EDIT", "LQ_CLOSE", "HQ", "LQ_CLOSE", "LQ_CLOSE"])}
+
+
+def test_stage_table_has_deltas_overall_change_and_stderr(stages):
+    view = ResultsView(stages)
+    table = view.table()
+    assert list(table.columns) == ["baseline", "sft", "rft", "Δ sft", "Δ rft", "Δ rft − baseline"]
+    assert table.loc["label_accuracy", "rft"] == pytest.approx(5 / 6)
+    assert table.loc["label_accuracy", "Δ rft − baseline"] == pytest.approx(5 / 6 - 2 / 6)
+    stderr = stages["rft"].metrics["label_accuracy_stderr"]
+    assert f"0.833 ± {stderr:.3f}" in view.styler().to_html()
+    seed = view.seed_table().to_html()
+    assert "rouge2" in seed and "bleu_lighteval_legacy" in seed and "seed 003" in seed
+
+
+def test_figures_show_every_stage(stages):
+    view = ResultsView(stages)
+    confusion = view.confusion_figure()
+    assert [ax.get_title() for ax in confusion.axes] == ["baseline", "sft", "rft"]
+    lengths = view.lengths_figure().axes[0]
+    assert {t.get_text() for t in lengths.get_legend().get_texts()} == {"baseline", "sft", "rft"}
+    assert any(line.get_linestyle() == "--" for line in lengths.get_lines())  # max_new_tokens = 8
+    per_class = view.per_class()
+    assert per_class.loc["LQ_CLOSE", ("rft", "recall")] == 1.0 and per_class.loc["LQ_CLOSE", ("sft", "recall")] == 0.5
+    assert view.per_class_figure().axes[0].get_title() == "Per-class f1"
+
+
+def test_results_widget_has_tabs_with_table_images_and_explorer(stages):
+    view = ResultsView(stages)
+    tabs = view.widget
+    assert tabs.titles == ("Metrics", "Confusion", "Lengths", "Per class", "Samples")
+    assert "Δ rft − baseline" in tabs.children[0].value
+    assert bytes(tabs.children[1].value[:4]) == b"\x89PNG" and bytes(tabs.children[2].value[:4]) == b"\x89PNG"
+    assert view.explorer.stage.options == ("baseline", "sft", "rft")
+    bundle = view._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "<img" in bundle["text/html"]
+
+
+def test_filter_predictions_combines_filters(stages):
+    frame = stages["sft"].predictions
+    assert list(filter_predictions(frame, correct=False)["row"]) == [2, 5]
+    assert list(filter_predictions(frame, true_label="LQ_CLOSE", predicted_label="HQ")["row"]) == [2]
+    assert list(filter_predictions(frame, search="date 4")["row"]) == [4]
+    long = filter_predictions(stages["baseline"].predictions, min_tokens=10)
+    assert len(long) == 6 and filter_predictions(stages["baseline"].predictions, max_tokens=5).empty
+
+
+def test_sample_explorer_filters_pages_and_shows_prompt_reply_reference(stages):
+    explorer = SampleExplorer(stages, page_size=2, prompts={0: "FULL PROMPT of row 0"})
+    assert explorer.stage.value == "baseline" and "<b>6</b> of 6" in explorer.summary.value
+    assert "FULL PROMPT of row 0" in explorer.samples.value and "reference" in explorer.samples.value
+    assert "page 1 of 3" in explorer.page.value and explorer.previous.disabled
+    explorer.next.click()
+    assert "page 2 of 3" in explorer.page.value and not explorer.previous.disabled
+    explorer.stage.value = "sft"
+    explorer.outcome.value = "wrong"
+    assert list(explorer.matches["row"]) == [2, 5] and "<b>2</b> of 6" in explorer.summary.value
+    explorer.true_label.value = "LQ_EDIT"
+    assert list(explorer.matches["row"]) == [5]
+    card = explorer.samples.value
+    assert "wrong" in card and "LQ_CLOSE" in card and "date 5" in card
+    explorer.outcome.value = "all"
+    explorer.true_label.value = "(all)"
+    explorer.predicted_label.value = "LQ_CLOSE"
+    assert list(explorer.matches["row"]) == [4, 5]
+    explorer.stage.value = "baseline"
+    explorer.length.value = (0, 5)
+    assert explorer.matches.empty and "no sample matches" in explorer.samples.value
+    with pytest.raises(ValueError, match="lacks columns"):
+        SampleExplorer(pd.DataFrame({"reply": ["x"]}))
+
+
+def test_workspace_records_feed_the_results_view(tmp_path, stages):
+    ws = Workspace(tmp_path / "nb", profile="tiny", log=lambda message: None)
+    files = ws.data_files()  # notebook 01 did not run: synthetic data is prepared
+    assert files.sft.is_file() and files.eval.is_file() and files.rft.is_file()
+    assert files.labels == ("HQ", "LQ_EDIT", "LQ_CLOSE")
+    spec = ws.spec("sft", name="my-sft")
+    assert spec.kind == "sft_lora" and spec.name == "my-sft" and spec.config.max_steps == 4
+    assert spec.train_file == str(files.sft) and Path(spec.model).name == "tiny"
+
+    class FinishedEval:
+        def __init__(self, run_dir: Path, result: EvalResult) -> None:
+            self.run_dir = run_dir
+            result.save(run_dir / "eval")
+
+    for stage in ("sft", "baseline"):
+        ws.record_eval(stage, FinishedEval(tmp_path / "jobs" / f"eval-{stage}", stages[stage]))
+    summary = json.loads((tmp_path / "nb" / "stages.json").read_text())
+    assert list(summary["stages"]) == ["baseline", "sft"]  # kept in stage order
+    loaded = load_stage_results(tmp_path / "nb")
+    assert list(loaded) == ["baseline", "sft"]
+    assert loaded["sft"].metrics["label_accuracy"] == pytest.approx(stages["sft"].metrics["label_accuracy"])
+    assert list(ws.results(build=False)) == ["baseline", "sft"]
+    assert ResultsView(tmp_path / "nb").table().loc["label_accuracy", "Δ sft"] == pytest.approx(2 / 6)
+
+
+def test_plot_helpers_for_curves_and_label_shares():
+    from nbtoolkit.data import label_distribution
+    from nbtoolkit.plots import label_distribution_figure, training_curves_figure
+
+    sft = pd.DataFrame({"step": [1, 2, 3], "loss": [2.0, 1.5, 1.0], "lr": [1e-4, 2e-4, 2e-4],
+                        "eval_loss": [None, None, 1.2]})
+    figure = training_curves_figure(sft, title="SFT")
+    assert [ax.get_title() for ax in figure.axes] == ["loss", "lr"]
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["loss", "eval_loss"]
+    rft = pd.DataFrame({"step": [0, 1, 2], "reward_mean": [-1.0, 0.0, 0.5], "eval_reward_mean": [None, None, 0.4],
+                        "kl": [None, 0.1, 0.2], "completion_length": [None, 3.0, 4.0]})
+    axes = training_curves_figure(rft).axes
+    assert [ax.get_title() for ax in axes] == ["reward_mean", "kl", "completion_length"]
+    assert [line.get_label() for line in axes[0].get_lines()] == ["reward_mean", "eval_reward_mean"]
+    assert training_curves_figure(pd.DataFrame()).axes[0].texts[0].get_text() == "no metrics yet"
+    splits = {"sft": pd.DataFrame({"answer": ["HQ", "HQ", "LQ_EDIT", "LQ_EDIT"]}),
+              "eval": pd.DataFrame({"answer": ["HQ", "LQ_EDIT"]})}
+    ax = label_distribution_figure(label_distribution(splits, "answer")).axes[0]
+    assert sorted(round(bar.get_height(), 2) for bar in ax.patches if bar.get_height()) == [0.5, 0.5, 0.5, 0.5]
