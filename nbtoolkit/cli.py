@@ -142,6 +142,36 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible chat completions API",
+                       description="POST /v1/chat/completions (streaming with \"stream\": true) and GET /v1/models "
+                                   "for a training run directory (its merged model, or base model + LoRA adapter), "
+                                   "a model directory, or 'embedded'. Ctrl-C stops.")
+    p.add_argument("model", nargs="?", default="embedded", help="RUN_DIR, model or adapter directory, or 'embedded'")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $NBTOOLKIT_SERVE_API_KEY; "
+                                     "prefer the variable, a command line is visible to other users)")
+    p.add_argument("--name", help="model id clients use (default: the run directory's name)")
+    p.add_argument("--max-tokens", type=int, default=256, help="max_tokens when a request sets none")
+    p.add_argument("--device", help="cpu or cuda (default: auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for generation (default: torch's)")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from nbtoolkit.serve.server import ServeConfig, api_key_from_env, run_server
+
+    config = ServeConfig(model=args.model, host=args.host, port=args.port,
+                         api_key=args.api_key or api_key_from_env(), served_name=args.name,
+                         default_max_tokens=args.max_tokens, device=args.device, threads=args.threads)
+    try:
+        run_server(config, echo=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbtoolkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synthetic(sub)
     _add_model(sub)
     _add_pipeline(sub)
+    _add_serve(sub)
+    from nbtoolkit.aws.cli import add_sagemaker_parser
+
+    add_sagemaker_parser(sub)
     return parser
 
 

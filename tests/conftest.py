@@ -13,6 +13,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Jobs in tests would otherwise log to the user's MLflow store; tests/test_tracking.py turns it on explicitly.
+os.environ.setdefault("NBTOOLKIT_TRACKING", "off")
 
 
 def shared_file(relative: str) -> Path:

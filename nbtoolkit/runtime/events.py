@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
@@ -77,6 +78,8 @@ class RunLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.echo = echo
         self._started = time.time()
+        # Called with each metrics row after it is written (the MLflow tracker in the worker); must not block.
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def info(self, message: str) -> None:
         """A human-readable line in log.txt (and on stdout)."""
@@ -95,6 +98,8 @@ class RunLog:
         row = {"time": round(time.time() - self._started, 3), **{k: _finite(v) for k, v in values.items()}}
         with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, default=_jsonable) + "\n")
+        for listener in self.listeners:
+            listener(row)
 
     def progress(self, step: int, total: int, *, phase: str = "train") -> None:
         """progress.json: what a progress bar in another process shows."""

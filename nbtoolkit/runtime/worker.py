@@ -157,6 +157,9 @@ def run(run_dir: str | os.PathLike) -> int:
     kind = job["kind"]
     log.info(f"worker pid {os.getpid()}: {kind} job {job['spec'].get('name')!r}, attempt {attempt}"
              + (" (resuming from checkpoints)" if job.get("resume") else ""))
+    from nbtoolkit.tracking import start_tracking
+
+    tracker = start_tracking(run_dir, job, log)  # MLflow, on a background thread; a no-op when off
 
     stopper = _Stopper(log, cooperative=False)
     signal.signal(signal.SIGTERM, stopper)
@@ -213,6 +216,8 @@ def run(run_dir: str | os.PathLike) -> int:
     write_json_atomic(run_dir / STATUS_FILE, {**status, "state": state, "reason": reason, "stopped": stopped,
                                               "ended": ended, "seconds": seconds})
     log.info(f"{state}" + (f" ({reason})" if reason else "") + f" after {seconds:.1f} s")
+    # After status.json, so nobody waits for MLflow; a cancelled job gets little time (cancel() waits for us).
+    tracker.finish(state, result, timeout=5.0 if stopped else 60.0)
     return 0 if state == COMPLETED else 1
 
 

@@ -1,0 +1,46 @@
+"""Serve a trained model behind an OpenAI-compatible chat API, and ask any chat endpoint for a reply.
+
+    server = LocalServer.start("runs/sft-...", port=0)     # background thread: the kernel stays free
+    invoke_inference(server, "Classify this question ...")  # or stream=True, then .show()
+    server.stop()
+
+`nbtoolkit serve RUN_DIR` runs the same server in the foreground. Names load on first use: the client side
+(`invoke_inference`) imports neither torch nor FastAPI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "nbtoolkit.serve.client": ("InferenceError", "InferenceResult", "InferenceStream", "StreamingUnsupported",
+                               "invoke_inference"),
+    "nbtoolkit.serve.server": ("LocalServer", "ServeConfig", "ServeError", "run_server"),
+    "nbtoolkit.serve.engine": ("ChatEngine", "load_serving_model", "resolve_serving_target"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+if TYPE_CHECKING:
+    from nbtoolkit.serve.client import (
+        InferenceError,
+        InferenceResult,
+        InferenceStream,
+        StreamingUnsupported,
+        invoke_inference,
+    )
+    from nbtoolkit.serve.engine import ChatEngine, load_serving_model, resolve_serving_target
+    from nbtoolkit.serve.server import LocalServer, ServeConfig, ServeError, run_server
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'nbtoolkit.serve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,208 @@
+"""The HTTP side of the server: OpenAI-compatible routes, request validation, API key check, error bodies.
+
+Routes: POST /v1/chat/completions (JSON, or server-sent events with `"stream": true`), GET /v1/models,
+GET /v1/models/{id}, and GET /health (no key needed; says only that the server is up).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from nbtoolkit.serve.engine import ChatEngine, Completion, GenerationSettings, RequestError
+
+logger = logging.getLogger(__name__)
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def as_template_message(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The OpenAI chat completions request fields this server honours; unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    logprobs: bool | None = None
+    tools: list[Any] | None = None
+
+
+def _error_body(message: str, *, kind: str = "invalid_request_error", param: str | None = None,
+                code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _error(status: int, message: str, **kwargs: Any) -> JSONResponse:
+    return JSONResponse(_error_body(message, **kwargs), status_code=status)
+
+
+def _sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def create_app(engine: ChatEngine, *, api_key: str | None = None, default_max_tokens: int = 256,
+               max_tokens_limit: int = 2048) -> FastAPI:
+    """A FastAPI app serving `engine`; with `api_key`, every /v1 route needs `Authorization: Bearer <key>`."""
+    app = FastAPI(title="nbtoolkit chat server", docs_url=None, redoc_url=None, openapi_url=None)
+    expected = api_key.encode() if api_key else None
+
+    @app.middleware("http")
+    async def check_api_key(request: Request, call_next):
+        if expected is not None and request.url.path.startswith("/v1"):
+            header = request.headers.get("authorization", "")
+            given = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+            if not hmac.compare_digest(given.encode(), expected):
+                what = "a wrong API key" if given else "no API key"
+                return _error(401, f"this server needs an API key (Authorization: Bearer <key>); the request had "
+                                   f"{what}", code="invalid_api_key")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        problems = error.errors()
+        first = problems[0] if problems else {}
+        where = [str(part) for part in first.get("loc", ()) if part != "body"]
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            message = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', message)})"
+        elif where:
+            message = f"{'.'.join(where)}: {message}"
+        return _error(400, message, param=".".join(where) or None)
+
+    @app.exception_handler(RequestError)
+    async def bad_request(request: Request, error: RequestError):
+        return _error(error.status, error.message, param=error.param, code=error.code)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        return _error(error.status_code, f"{request.method} {request.url.path}: {error.detail}", kind=kind)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, error: Exception):
+        logger.exception("request failed")
+        return _error(500, f"the server failed: {type(error).__name__}: {error}", kind="server_error")
+
+    def model_card() -> dict[str, Any]:
+        return {"id": engine.name, "object": "model", "created": engine.created, "owned_by": "nbtoolkit"}
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    def get_model(model_id: str):
+        if model_id != engine.name:
+            return _error(404, f"model {model_id!r} is not served here; this server serves {engine.name!r}",
+                          param="model", code="model_not_found", kind="not_found_error")
+        return model_card()
+
+    @app.post("/v1/chat/completions")
+    def chat_completions(body: ChatCompletionRequest):
+        if body.model not in (None, "", engine.name):
+            return _error(404, f"model {body.model!r} is not served here; this server serves {engine.name!r} "
+                               "(GET /v1/models)", param="model", code="model_not_found", kind="not_found_error")
+        if body.n != 1:
+            raise RequestError("n must be 1: this server returns one choice per request", param="n")
+        if body.logprobs:
+            raise RequestError("logprobs are not supported by this server", param="logprobs")
+        if body.tools:
+            raise RequestError("tools (function calling) are not supported by this server", param="tools")
+        if body.messages[-1].role == "assistant":
+            raise RequestError("the last message must not be the assistant's: nothing would be asked",
+                               param="messages")
+        max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
+        if max_tokens > max_tokens_limit:
+            raise RequestError(f"max_tokens {max_tokens} is above this server's limit of {max_tokens_limit}",
+                               param="max_tokens")
+        settings = GenerationSettings(
+            max_tokens=max_tokens,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()),
+            seed=body.seed)
+        messages = [message.as_template_message() for message in body.messages]
+        prompt = engine.encode(messages)
+        settings = engine.check(prompt, settings)
+        ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        completion = Completion()
+        pieces = engine.stream(prompt, settings, completion)
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_chunks(pieces, completion, ident, created, engine.name, usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        for _ in pieces:
+            pass
+        return {"id": ident, "object": "chat.completion", "created": created, "model": engine.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
+                             "logprobs": None, "finish_reason": completion.finish_reason}],
+                "usage": completion.usage}
+
+    return app
+
+
+def _chunks(pieces: Iterator[str], completion: Completion, ident: str, created: int, model: str,
+            include_usage: bool) -> Iterator[str]:
+    """Server-sent events: a role chunk, one chunk per text piece, a finish chunk, optional usage, [DONE]."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:
+        return _sse({"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **more})
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        for piece in pieces:
+            yield chunk({"content": piece})
+        yield chunk({}, completion.finish_reason)
+        if include_usage:
+            yield _sse({"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [], "usage": completion.usage})
+    except Exception as error:  # noqa: BLE001 - the status line is sent already: report in the stream
+        logger.exception("streaming failed")
+        yield _sse(_error_body(f"generation failed: {error}", kind="server_error"))
+    finally:
+        pieces.close()  # stops the generation when the client went away
+    yield _sse("[DONE]")
