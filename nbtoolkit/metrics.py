@@ -291,18 +291,6 @@ def label_metrics(replies: Sequence[str], references: Sequence[str], labels: Seq
     return out
 
 
-def classification_metrics(replies: Sequence[str], references: Sequence[str], labels: Sequence[str]) -> dict:
-    """Exact match, quasi exact match, extracted-label accuracy and the no-valid-prediction count, with stderr."""
-    _check_lengths(replies, references)
-    exact = [exact_match(p, r) for p, r in zip(replies, references)]
-    quasi = [quasi_exact_match(p, r) for p, r in zip(replies, references)]
-    out: dict[str, float | int] = {"n": len(replies)}
-    for name, values in (("exact_match", exact), ("quasi_exact_match", quasi)):
-        out[name], out[f"{name}_stderr"] = mean_and_stderr(values)
-    out.update(label_metrics(replies, references, labels))
-    return out
-
-
 def confusion_matrix(references: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> pd.DataFrame:
     """Counts with true labels as rows and predicted labels as columns (plus a NO_LABEL column)."""
     columns = [*labels, NO_LABEL]

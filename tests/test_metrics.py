@@ -9,7 +9,6 @@ from nbtoolkit.metrics import (
     bleu_lighteval_legacy,
     bleu_with_stderr,
     bootstrap_stderr,
-    classification_metrics,
     confusion_matrix,
     corpus_bleu,
     exact_match,
@@ -127,14 +126,14 @@ def test_bootstrap_stderr_of_a_mean_is_close_to_the_analytic_stderr():
     assert boot == pytest.approx(mean_and_stderr(values.tolist())[1], rel=0.15)
 
 
-def test_classification_metrics():
+def test_exact_match_and_label_accuracy_of_label_replies():
     replies = ["HQ", "hq.", "The answer is LQ_EDIT", "no idea"]
     references = ["HQ", "HQ", "LQ_EDIT", "LQ_CLOSE"]
-    metrics = classification_metrics(replies, references, LABELS)
+    metrics = {**gen_qa_metrics(replies, references), **label_metrics(replies, references, LABELS)}
     assert metrics["exact_match"] == 0.25
     assert metrics["quasi_exact_match"] == 0.5
     assert metrics["label_accuracy"] == 0.75
-    assert metrics["no_valid_prediction"] == 1 and metrics["n"] == 4
+    assert metrics["no_valid_prediction"] == 1
 
 
 def test_per_class_metrics_and_macro_f1_by_hand():
