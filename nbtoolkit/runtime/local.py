@@ -541,6 +541,7 @@ class _ProgressView:
         self.key: tuple[Any, ...] | None = None
         self.seen: tuple[float, int] | None = None  # (time, step) of the phase's first report, for the ETA
         self.phase: str | None = None
+        self.numbers: dict[str, Any] = {}
 
     def update(self, status: JobStatus) -> None:
         progress = self.job.progress()
@@ -583,7 +584,8 @@ class _ProgressView:
                             dynamic_ncols=True)
         if step > self.bar.n:
             self.bar.update(step - self.bar.n)
-        if numbers:
+        if numbers and numbers != self.numbers:  # redraw on news only: logs of `make pipeline > file` stay small
+            self.numbers = numbers
             self.bar.set_postfix({k: _fmt(v) for k, v in numbers.items()}, refresh=True)
 
     def close(self) -> None:
