@@ -11,8 +11,7 @@ boto3 and the SageMaker SDK are not needed.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from nbtoolkit._lazy import lazy_exports
 
 _EXPORTS = {
     "nbtoolkit.aws.runtime": ("SageMakerRuntime", "SageMakerJob", "SageMakerJobStatus", "SageMakerDryRunReport",
@@ -28,17 +27,4 @@ _EXPORTS = {
                              "upload_model", "BedrockImportConfig", "BedrockImport", "import_to_bedrock",
                              "delete_bedrock_import"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'nbtoolkit.aws' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

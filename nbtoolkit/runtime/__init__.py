@@ -11,8 +11,9 @@ Names are imported on first use, so `python -m nbtoolkit.runtime.worker` starts 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from nbtoolkit._lazy import lazy_exports
 
 _EXPORTS = {
     "nbtoolkit.runtime.events": ("COMPLETED", "FAILED", "IN_PROGRESS", "JOB_STATES", "RunLog", "read_metrics"),
@@ -21,8 +22,7 @@ _EXPORTS = {
     "nbtoolkit.runtime.results": ("TrainingResult",),
     "nbtoolkit.runtime.worker": ("JobCancelled",),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from nbtoolkit.runtime.events import COMPLETED, FAILED, IN_PROGRESS, JOB_STATES, RunLog, read_metrics
@@ -39,15 +39,3 @@ if TYPE_CHECKING:
     )
     from nbtoolkit.runtime.results import TrainingResult
     from nbtoolkit.runtime.worker import JobCancelled
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'nbtoolkit.runtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from nbtoolkit._lazy import lazy_exports
 
 _EXPORTS = {
     "nbtoolkit.serve.client": ("InferenceError", "InferenceResult", "InferenceStream", "StreamingUnsupported",
@@ -19,8 +20,7 @@ _EXPORTS = {
     "nbtoolkit.serve.server": ("LocalServer", "ServeConfig", "ServeError", "run_server"),
     "nbtoolkit.serve.engine": ("ChatEngine", "load_serving_model", "resolve_serving_target"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from nbtoolkit.serve.client import (
@@ -32,15 +32,3 @@ if TYPE_CHECKING:
     )
     from nbtoolkit.serve.engine import ChatEngine, load_serving_model, resolve_serving_target
     from nbtoolkit.serve.server import LocalServer, ServeConfig, ServeError, run_server
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'nbtoolkit.serve' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

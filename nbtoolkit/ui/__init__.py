@@ -9,8 +9,7 @@ when it is missing.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from nbtoolkit._lazy import lazy_exports
 
 _EXPORTS = {
     "nbtoolkit.ui.mapping": ("ColumnMappingForm",),
@@ -20,17 +19,4 @@ _EXPORTS = {
     "nbtoolkit.ui.samples": ("SampleExplorer", "filter_predictions"),
     "nbtoolkit.ui.mix": ("MixForm",),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'nbtoolkit.ui' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
