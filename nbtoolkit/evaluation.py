@@ -282,31 +282,16 @@ def _reference_label(reference: str, labels: Sequence[str]) -> str:
 
 def _generate(loaded: LoadedModel, conversations: list[list[dict]], config: EvalConfig, log: RunLog | None,
               progress: bool, continuations: Sequence[Sequence[int]] = ()) -> list:
-    """generate_replies in chunks pre-sorted by prompt length (the same batches as one call), reporting progress."""
-    from tqdm.auto import tqdm
+    """generate_replies, with progress also written to the run log after every batch."""
+    from nbtoolkit.generation import generate_replies
 
-    from nbtoolkit.generation import encode_prompts, generate_replies
-
-    lengths = [len(ids) for ids in encode_prompts(loaded.tokenizer, conversations, config.max_prompt_tokens)]
-    order = sorted(range(len(conversations)), key=lambda i: lengths[i])
-    chunk = config.batch_size * 4
-    results: list = [None] * len(conversations)
-    bar = tqdm(total=len(order), desc="generating", unit="sample", disable=not progress)
-    started = time.perf_counter()
-    for start in range(0, len(order), chunk):
-        part = order[start:start + chunk]
-        replies = generate_replies(loaded, [conversations[i] for i in part], max_new_tokens=config.max_new_tokens,
-                                   batch_size=config.batch_size, max_prompt_tokens=config.max_prompt_tokens,
-                                   progress=False, continuations=continuations)
-        for i, reply in zip(part, replies):
-            results[i] = reply
-        done = start + len(part)
-        bar.update(len(part))
-        bar.set_postfix(samples_per_s=f"{done / (time.perf_counter() - started):.2f}")
+    def report(done: int, total: int) -> None:
         if log is not None:
-            log.progress(done, len(order), phase="eval")
-    bar.close()
-    return results
+            log.progress(done, total, phase="eval")
+
+    return generate_replies(loaded, conversations, max_new_tokens=config.max_new_tokens,
+                            batch_size=config.batch_size, max_prompt_tokens=config.max_prompt_tokens,
+                            progress=progress, continuations=continuations, on_batch=report)
 
 
 def evaluate(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -181,6 +181,7 @@ def generate_replies(
     max_prompt_tokens: int | None = 512,
     progress: bool = True,
     continuations: Sequence[Sequence[int]] = (),
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> list[Generation]:
     """Greedy replies to chat `conversations`, in input order, stopping at the chat template's terminator.
 
@@ -188,6 +189,7 @@ def generate_replies(
     without padding, and decoding runs `batch_size` length-sorted rows at a time; forward passes run under the
     device plan's autocast (bf16 on CPUs that support it). `continuations` (token ids, e.g. each label plus the
     answer terminator) are scored after every prompt from the same cache; max_new_tokens=0 only scores.
+    on_batch(done, total) is called after every batch.
     """
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.plan.device
     prompts = encode_prompts(tokenizer, conversations, max_prompt_tokens)
@@ -210,7 +212,10 @@ def generate_replies(
             for i, (tokens, stopped, scores) in zip(batch, replies):
                 results[i] = Generation(tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens),
                                         truncated=not stopped and max_new_tokens > 0, continuation_logprobs=scores)
+            done = start + len(batch)
             bar.update(len(batch))
-            bar.set_postfix(samples_per_s=f"{bar.n / (time.perf_counter() - started):.2f}")
+            bar.set_postfix(samples_per_s=f"{done / (time.perf_counter() - started):.2f}")
+            if on_batch is not None:
+                on_batch(done, len(prompts))
     bar.close()
     return [r for r in results if r is not None]

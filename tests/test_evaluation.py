@@ -135,8 +135,11 @@ def scripted(monkeypatch):
     """generate_replies replaced by a script keyed on the user message, to check scoring and row alignment."""
     calls = []
 
-    def fake(loaded, conversations, *, max_new_tokens, batch_size, max_prompt_tokens, progress, continuations):
+    def fake(loaded, conversations, *, max_new_tokens, batch_size, max_prompt_tokens, progress, continuations,
+             on_batch):
         assert continuations == ()  # loglik is off
+        for done in range(batch_size, len(conversations) + batch_size, batch_size):
+            on_batch(min(done, len(conversations)), len(conversations))
         calls.append(len(conversations))
         replies = [SCRIPT[c[-1]["content"]] for c in conversations]
         return [Generation(r, len(r.split()), truncated=len(r.split()) >= max_new_tokens) for r in replies]
@@ -149,7 +152,7 @@ def test_evaluate_scores_scripted_replies(tiny, scripted, tmp_path):
     log = RunLog(tmp_path / "run", echo=None)
     result = evaluate(tiny, gen_qa(list(SCRIPT), REFERENCES), EvalConfig(max_new_tokens=4, batch_size=1, loglik=False),
                       log=log, progress=False)
-    assert scripted == [4, 2]  # chunks of 4 x batch_size rows
+    assert scripted == [6]
     predictions = result.predictions
     assert predictions["reply"].tolist() == list(SCRIPT.values())  # back in data order
     assert predictions["predicted_label"].tolist() == ["HQ", "LQ_EDIT", "LQ_CLOSE", NO_LABEL, "HQ", "LQ_EDIT"]
