@@ -78,6 +78,16 @@ def _aws(session: AwsSession | Any | None, region: str | None) -> AwsSession:
 # What to deploy
 
 
+def _check_role(role: str | None, role_name: str) -> None:
+    """ValueError for a malformed role ARN, or a role name IAM would refuse."""
+    if role is not None:
+        problem = check_role_arn(role)
+        if problem:
+            raise ValueError(problem)
+    if not ROLE_NAME.match(role_name):
+        raise ValueError(f"role_name {role_name!r}: 1-64 letters, digits and +=,.@_- only")
+
+
 @dataclass(frozen=True)
 class DeployConfig:
     """A SageMaker real-time endpoint for a chat model (Hugging Face files on S3)."""
@@ -118,12 +128,7 @@ class DeployConfig:
         if not isinstance(self.instance_count, int) or isinstance(self.instance_count, bool) \
                 or not 1 <= self.instance_count <= 64:
             raise ValueError(f"instance_count must be an integer from 1 to 64, got {self.instance_count!r}")
-        if self.role is not None:
-            problem = check_role_arn(self.role)
-            if problem:
-                raise ValueError(problem)
-        if not ROLE_NAME.match(self.role_name):
-            raise ValueError(f"role_name {self.role_name!r}: 1-64 letters, digits and +=,.@_- only")
+        _check_role(self.role, self.role_name)
         for name, value in self.environment.items():
             if name.upper() in CREDENTIAL_VARIABLES or "SECRET" in name.upper() or "TOKEN" in name.upper():
                 raise ValueError(f"environment variable {name!r} looks like a credential: endpoint environments are "
@@ -661,12 +666,7 @@ class BedrockImportConfig:
             if value is not None and not _BEDROCK_NAME.match(value):
                 raise ValueError(f"{name} {value!r}: 1-63 letters, digits, hyphens, dots and plus signs, starting "
                                  "with a letter or digit")
-        if self.role is not None:
-            problem = check_role_arn(self.role)
-            if problem:
-                raise ValueError(problem)
-        if not ROLE_NAME.match(self.role_name):
-            raise ValueError(f"role_name {self.role_name!r}: 1-64 letters, digits and +=,.@_- only")
+        _check_role(self.role, self.role_name)
 
 
 @dataclass

@@ -65,7 +65,6 @@ from nbtoolkit.runtime.events import (
     write_json_atomic,
 )
 from nbtoolkit.runtime.local import (
-    _POSTFIX_KEYS,
     JOB_FORMAT,
     Check,
     DryRunReport,
@@ -76,10 +75,9 @@ from nbtoolkit.runtime.local import (
     LaunchError,
     _check_data,
     _check_rows,
-    _fmt,
-    _last_metrics,
     _versions,
     config_to_dict,
+    progress_html,
 )
 from nbtoolkit.runtime.results import TrainingResult
 from nbtoolkit.runtime.worker import BUILTIN_KINDS
@@ -1220,14 +1218,7 @@ class SageMakerJob(Job):
             pass  # show the last state seen
         status = _status_from(read_json(self.run_dir / STATUS_FILE, {}))
         colour = {COMPLETED: "#1a7f37", FAILED: "#cf222e"}.get(status.state, "#9a6700")
-        progress = self.progress() or {}
-        last = _last_metrics(self.run_dir)
-        bar = ""
-        if progress.get("total"):
-            numbers = " · ".join(f"{k} {_fmt(last[k])}" for k in _POSTFIX_KEYS if last.get(k) is not None)
-            bar = (f'<br><progress value="{progress.get("step", 0)}" max="{progress["total"]}"></progress> '
-                   f'{html.escape(str(progress.get("phase", "")))} {progress.get("step", 0)}/{progress["total"]}'
-                   + (f" · {html.escape(numbers)}" if numbers else ""))
+        bar = progress_html(self.run_dir, self.progress())
         reason = f" - {html.escape(status.reason)}" if status.reason else ""
         secondary = f" / {html.escape(status.secondary)}" if status.secondary else ""
         url = self.console_url()

@@ -307,6 +307,18 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def progress_html(run_dir: Path, progress: dict[str, Any] | None) -> str:
+    """A job card's progress line: an HTML <progress> bar with the phase, step and latest metrics, or ''."""
+    progress = progress or {}
+    if not progress.get("total"):
+        return ""
+    last = _last_metrics(run_dir)
+    numbers = " · ".join(f"{k} {_fmt(last[k])}" for k in _POSTFIX_KEYS if last.get(k) is not None)
+    return (f'<br><progress value="{progress.get("step", 0)}" max="{progress["total"]}"></progress> '
+            f'{html.escape(str(progress.get("phase", "")))} {progress.get("step", 0)}/{progress["total"]}'
+            + (f" · {html.escape(numbers)}" if numbers else ""))
+
+
 class Job:
     """A handle on one run directory: status, logs, metrics, progress, wait, cancel, resume, result.
 
@@ -511,14 +523,7 @@ class Job:
     def _repr_html_(self) -> str:
         status = self.status()
         colour = {COMPLETED: "#1a7f37", FAILED: "#cf222e"}.get(status.state, "#9a6700")
-        progress = self.progress() or {}
-        last = _last_metrics(self.run_dir)
-        bar = ""
-        if progress.get("total"):
-            numbers = " · ".join(f"{k} {_fmt(last[k])}" for k in _POSTFIX_KEYS if last.get(k) is not None)
-            bar = (f'<br><progress value="{progress.get("step", 0)}" max="{progress["total"]}"></progress> '
-                   f'{html.escape(str(progress.get("phase", "")))} {progress.get("step", 0)}/{progress["total"]}'
-                   + (f" · {html.escape(numbers)}" if numbers else ""))
+        bar = progress_html(self.run_dir, self.progress())
         reason = f" - {html.escape(status.reason)}" if status.reason else ""
         when = " · ".join(x for x in (f"pid {status.pid}" if status.pid and not status.done else "",
                                       f"started {status.started}" if status.started else "",
