@@ -20,7 +20,15 @@ _EXPORTS = {
     "nbtoolkit.rewards": ("make_label_reward", "verify_reward_function", "lambda_handler"),
     "nbtoolkit.pipeline": ("PipelineConfig", "run_pipeline", "PROFILES"),
     "nbtoolkit.plots": ("confusion_matrix_figure", "response_length_figure", "training_curve_figure",
-                        "stage_table", "stage_table_styler"),
+                        "stage_table", "stage_table_styler", "training_curves_figure", "stage_stderr",
+                        "per_class_figure", "per_class_table", "label_distribution_figure", "mix_share_figure",
+                        "pareto_figure"),
+    "nbtoolkit.workspace": ("Workspace",),
+    "nbtoolkit.mixing": ("MixConfig", "GeneralDataRegistry", "mixing_extra", "mix_preset", "synthesize_rehearsal"),
+    "nbtoolkit.forgetting": ("evaluate_general", "retention_probe", "GeneralEvalResult", "forgetting_table"),
+    "nbtoolkit.sweeps": ("Sweep",),
+    "nbtoolkit.advisor": ("advise_launch", "advise_running", "advise_job"),
+    "nbtoolkit.serve": ("LocalServer", "invoke_inference"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

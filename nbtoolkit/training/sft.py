@@ -295,12 +295,13 @@ class _LossMode:
     share_prefix: bool = True
 
 
-def _exact_loss_mode(model: torch.nn.Module, examples: Sequence[ChatExample], pad_id: int, device: str,
-                     plan) -> _LossMode:
+def _exact_loss_mode(model: torch.nn.Module, examples: Sequence[ChatExample], pad_id: int, device: str
+                     ) -> _LossMode:
     """The fastest loss computation that matches the model's own loss on a small batch. Models that scale or
     soft-cap logits after the LM head, or whose cache cannot be shared, fall back to slower exact modes."""
     batch = collate(examples, pad_id).to(device)
-    with torch.no_grad(), plan.autocast():
+    # Without autocast: the question is what the model computes; bf16 rounding alone would fail the comparison.
+    with torch.no_grad(), torch.autocast(batch.input_ids.device.type, enabled=False):
         reference = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels,
                           use_cache=False).loss.item()
         for mode in (_LossMode(True, True), _LossMode(True, False)):
@@ -568,12 +569,16 @@ def run_sft(
     resume: bool = False,
     log: RunLog | None = None,
     stop_event: StopFlag | None = None,
+    mix: dict | None = None,
+    general_data: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `model` (a name, Hugging Face id or directory) on the chat rows of `train_file`.
 
     Trains config.max_steps optimizer steps of global_batch_size rows (micro batches accumulated), loss on the
     answer tokens only. resume=True continues from the newest checkpoint in run_dir with the same data order.
     stop_event is checked between steps: a set event saves a checkpoint and returns status "stopped".
+    mix (MixConfig.to_dict()) with general_data ({category: chat JSONL}) mixes general rows into every batch at
+    the mix's exact shares (nbtoolkit.mixing) and records the realized mix in run_dir/mix.json.
     Returns a summary (status, steps, final_loss, eval_loss, train_seconds, tokens_per_second, peak_rss_mb, paths).
     """
     lora = _is_lora(config)
@@ -602,12 +607,23 @@ def run_sft(
     if cut:
         log.warning(f"{cut} of {len(train)} rows had the question cut below max_prompt_tokens="
                     f"{config.max_prompt_tokens} so the answer fits max_length={config.max_length}")
+    order = BatchOrder([e.length for e in train], config.global_batch_size, config.seed)
+    mixed = None
+    if mix is not None:
+        from nbtoolkit.mixing.training import mixed_training
+
+        mixed = mixed_training(mix, general_data, train, lambda rows, source: _tokenize_rows(
+            rows, tokenizer, config, terminator, source), batch_size=config.global_batch_size, seed=config.seed,
+            warn=log.warning)
+        train, order = mixed.examples, mixed.order
+        mixed.record(run_dir, 0, planned_steps=config.max_steps)
+        log.info(f"mixing: {mixed.mix}")
 
     torch.manual_seed(config.seed)  # LoRA initialisation
     net = _with_adapters(loaded.model, config) if lora else loaded.model
     if not lora:
         net.requires_grad_(True)
-    mode = _exact_loss_mode(net, sorted(train, key=lambda e: e.length)[:2], pad_id, device, plan)
+    mode = _exact_loss_mode(net, sorted(train, key=lambda e: e.length)[:2], pad_id, device)
     if not mode.head_only:
         log.warning("this model post-processes its logits, so the loss uses full logits (slower)")
     elif not mode.share_prefix:
@@ -635,7 +651,6 @@ def run_sft(
              f"lr {config.lr:g}; {sum(p.numel() for p in trainable):,} trainable of "
              f"{loaded.parameters:,} parameters; {plan.reason}")
 
-    order = BatchOrder([e.length for e in train], config.global_batch_size, config.seed)
     window = {"steps": 0, "loss": 0.0, "tokens": 0, "seconds": 0.0}
     status = "completed"
     saved_step = progress.step if checkpoint is not None and resume else None
@@ -674,6 +689,8 @@ def run_sft(
             saved_step = step
             log.info(f"checkpoint {CHECKPOINT_PREFIX}{step} saved")
 
+    if mixed is not None:
+        mixed.record(run_dir, progress.step, planned_steps=config.max_steps)
     paths: dict[str, str | None] = {"run_dir": str(run_dir), "metrics": str(run_dir / METRICS_FILE),
                                     "adapter": None, "model": None}
     if status == "stopped":
@@ -699,6 +716,7 @@ def run_sft(
         "train_seconds": round(progress.train_seconds, 3),
         "tokens_per_second": progress.tokens / progress.train_seconds if progress.train_seconds else None,
         "peak_rss_mb": _peak_rss_mb(),
+        "mix": mixed.summary(progress.step) if mixed is not None else None,
         "paths": paths,
     }
 
