@@ -5,8 +5,7 @@ The names a notebook uses are importable from here; heavy modules (torch, transf
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from nbtoolkit._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -30,17 +29,4 @@ _EXPORTS = {
     "nbtoolkit.advisor": ("advise_launch", "advise_running", "advise_job"),
     "nbtoolkit.serve": ("LocalServer", "invoke_inference"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'nbtoolkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
