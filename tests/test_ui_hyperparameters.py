@@ -120,6 +120,14 @@ def test_seed_004_advice_shows_as_an_inline_warning():
     assert form.value.lr == pytest.approx(3e-4)  # a warning never blocks the config
 
 
+def test_the_advisor_checks_show_before_launch():
+    form = HyperparameterForm("sft_lora")
+    form.set(max_steps=200, warmup_steps=15, save_steps=50)
+    assert not any("warmup" in m for m in form.warnings)
+    form.warmup_steps.value = 90
+    assert any("about 15% is advised" in m for m in form.warnings) and "warmup_steps=30" in form.messages.value
+
+
 def test_tuple_and_optional_fields_parse_from_text():
     form = HyperparameterForm("sft_lora", target_modules=("q_proj", "v_proj"))
     assert form.target_modules.value == "q_proj, v_proj" and form.value.target_modules == ("q_proj", "v_proj")

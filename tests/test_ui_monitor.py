@@ -164,3 +164,21 @@ def test_a_tiny_model_sft_job_launched_from_the_form_shows_loss_and_lr(tmp_path)
     assert list(snapshot.metrics.dropna(subset=["loss"])["step"]) == [1, 2, 3]
     assert {"loss", "lr"} <= set(snapshot.numbers) and form.monitor.curves.value[:4] == b"\x89PNG"
     assert job.result().ok
+
+
+class SpikingJob(ScriptedJob):
+    """A job double whose loss jumps tenfold at step 8."""
+
+    def metrics(self):
+        return [{"step": s, "phase": "train", "lr": 1e-4, "loss": 5.0 if s == 8 else 0.5}
+                for s in range(1, self.step + 1)]
+
+
+def test_the_monitor_shows_seed_004_advice_when_the_loss_spikes():
+    monitor = JobMonitor(SpikingJob(total=10), start=False, poll=0.05)
+    for _ in range(6):
+        monitor.refresh()
+    assert monitor.advice.value == ""  # a steady loss: nothing to say
+    for _ in range(3):
+        monitor.refresh()
+    assert "loss spike at step 8" in monitor.advice.value and "nbt-advice-warning" in monitor.advice.value

@@ -244,6 +244,10 @@ class HyperparameterForm(WidgetView):
                     named = [n for n in self.fields if f"{n} (" in message or f"{n}=" in message] or ["(config)"]
                     errors.update({n: message for n in named})
             caught_warnings = [str(c.message) for c in caught if issubclass(c.category, HyperparameterWarning)]
+        if config is not None:
+            from nbtoolkit.advisor import advise_launch
+
+            caught_warnings += [a.message for a in advise_launch(config) if a.message not in caught_warnings]
         self.errors, self.warnings = errors, caught_warnings
         defaults = cls.for_platform(platform).to_dict()
         for name, widget in self.fields.items():

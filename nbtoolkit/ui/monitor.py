@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from nbtoolkit.advisor import advise_running
 from nbtoolkit.ui._base import WIDGET_MIME, WidgetView
 from nbtoolkit.ui._widgets import add_classes, figure_png, png_img, widgets
 
@@ -197,6 +198,7 @@ class JobMonitor(WidgetView):
         self.bar = add_classes(w.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info"), "nbt-progress")
         self.progress_text = w.HTML()
         self.numbers = w.HTML()
+        self.advice = add_classes(w.HTML(), "nbt-advice")
         self.curves = add_classes(w.Image(format="png", layout=w.Layout(max_width="100%")), "nbt-curves")
         self.curves.layout.display = "none"
         self.log = add_classes(w.HTML(), "nbt-log")
@@ -205,7 +207,7 @@ class JobMonitor(WidgetView):
         self.stop_button.on_click(lambda _: self.stop())
         self.widget = add_classes(w.VBox([
             w.HBox([self.status, self.stop_button], layout=w.Layout(justify_content="space-between")),
-            w.HBox([self.bar, self.progress_text]), self.numbers, self.curves, self.log,
+            w.HBox([self.bar, self.progress_text]), self.numbers, self.advice, self.curves, self.log,
         ], layout=w.Layout(border="1px solid #d0d7de", padding="4px 8px")), "nbt-job-monitor",
             f"nbt-monitor-{self.uid}")
         self.refresh()
@@ -243,6 +245,8 @@ class JobMonitor(WidgetView):
             self.progress_text.value = html.escape(_progress_text(snapshot))
             self.numbers.value = ("<span style='font-family:monospace;font-size:12px'>" + html.escape(
                 " · ".join(f"{k} {_number(v)}" for k, v in snapshot.numbers.items())) + "</span>")
+            advice = advise_running(snapshot.metrics)
+            self.advice.value = advice._repr_html_() if advice else ""
             self._draw_curves(snapshot.metrics, force=snapshot.done)
             self.log.value = (f"<pre style='max-height:14em;overflow:auto;margin:0;font-size:11px'>"
                               f"{html.escape(snapshot.logs)}</pre>" if snapshot.logs else "")
