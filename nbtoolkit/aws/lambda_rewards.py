@@ -27,8 +27,9 @@ from nbtoolkit.aws.session import AwsSession
 
 HANDLER = "nbtoolkit.aws.reward_handler.lambda_handler"
 LAMBDA_RUNTIME = "python3.12"
-# nbtoolkit files a reward Lambda needs (nbtoolkit/__init__.py imports nothing heavy).
-PACKAGED_MODULES = ("__init__.py", "rewards.py", "labels.py", "errors.py", "aws/__init__.py", "aws/reward_handler.py")
+# nbtoolkit files a reward Lambda needs (the package __init__ files import only _lazy: exports load on first use).
+PACKAGED_MODULES = ("__init__.py", "_lazy.py", "rewards.py", "labels.py", "errors.py", "aws/__init__.py",
+                    "aws/reward_handler.py")
 SAMPLE_ROWS = 8
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip entries get a fixed timestamp: the same code gives the same zip
 
