@@ -56,7 +56,7 @@ PROFILES: dict[str, Profile] = {
         # micro batches of 4 keep peak memory under 4 GB (8 needs about 5.6 GB without gradient checkpointing)
         sft={"max_steps": 40, "warmup_steps": 6, "save_steps": 20, "micro_batch_size": 4, "max_prompt_tokens": 128,
              "max_length": 320},
-        # GRPO forward passes of 2 completions: peak RSS 2.3 GB (4 completions per pass: 4.4 GB)
+        # GRPO forward passes of 2 completions: peak RSS 2.8 GB over a quick run (4 completions per pass: 4.4 GB)
         rft={"max_steps": 3, "warmup_steps": 0, "global_batch_size": 8, "micro_batch_size": 2, "save_steps": 3,
              "max_new_tokens": 8, "max_prompt_tokens": 128, "max_length": 320}),
     "standard": Profile(
