@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from nbtoolkit.errors import DataError, ModelError, NbtoolkitError
 from nbtoolkit.generation import encode_prompts
+from nbtoolkit.generation import shared_prefix_length as token_prefix_length
 from nbtoolkit.models import answer_terminator_ids, load_model
 from nbtoolkit.runtime.events import METRICS_FILE, RunLog, write_json_atomic
 from nbtoolkit.training.config import SFTFullConfig, SFTLoraConfig
@@ -241,13 +242,8 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
 def shared_prefix_length(batch: SFTBatch) -> int:
     """Leading tokens every row of the batch shares (template and system prompt), stopping before the first
     position that predicts an answer token, so every row keeps at least one token of its own."""
-    ids = batch.input_ids
-    if ids.shape[0] < 2:
-        return 0
-    differs = (ids != ids[:1]).any(dim=0).nonzero()
-    common = int(differs[0]) if len(differs) else ids.shape[1]
     first_answer = int(batch.answer_positions.to(torch.int8).argmax(dim=1).min())
-    return min(common, first_answer)
+    return min(token_prefix_length(batch.input_ids.tolist()), first_answer)
 
 
 def _hidden_states(base: torch.nn.Module, batch: SFTBatch, share_prefix: bool) -> tuple[torch.Tensor, int]:
