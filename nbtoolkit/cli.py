@@ -9,8 +9,13 @@ from collections.abc import Sequence
 from nbtoolkit.errors import NbtoolkitError
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A,B,C -> ("A", "B", "C")."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _labels(text: str) -> tuple[str, ...]:
-    labels = tuple(label.strip() for label in text.split(",") if label.strip())
+    labels = _names(text)
     if not labels:
         raise argparse.ArgumentTypeError("give labels as A,B,C")
     return labels
@@ -122,6 +127,10 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
                    help="tiny: random model, seconds; quick: ~15 min; standard: calibrated defaults")
     p.add_argument("--model", help="model name, Hugging Face id or local path (default: the profile's)")
     p.add_argument("--stages", default="baseline,sft,rft", help="comma-separated subset of baseline,sft,rft")
+    p.add_argument("--general",
+                   help="general-ability checks after each stage, comma-separated: retention (no data needed) "
+                        "and benchmark names or files, e.g. retention,arc-easy,piqa; 'none' skips them "
+                        "(default: retention; none for the tiny profile)")
     p.add_argument("--out", help="output directory (default: a new one under runs/)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_run_pipeline)
@@ -137,9 +146,16 @@ def _run_pipeline(args: argparse.Namespace) -> int:
                                 system_prompt=args.system_prompt)
     config = PipelineConfig(data=args.data, train=args.train, eval=args.eval, mapping=mapping, labels=args.labels,
                             profile=args.profile, model=args.model, out=args.out, seed=args.seed,
-                            stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()))
+                            stages=_names(args.stages),
+                            general=_general(args.general))
     run_pipeline(config)
     return 0
+
+
+def _general(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return () if text.strip().lower() == "none" else _names(text)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:

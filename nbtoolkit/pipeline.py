@@ -24,6 +24,7 @@ from nbtoolkit.runtime.events import new_run_dir, read_json, write_json_atomic
 from nbtoolkit.training.config import EvalConfig, RFTLoraConfig, SFTLoraConfig
 
 STAGES = ("baseline", "sft", "rft")
+RETENTION = "retention"  # the general check that needs no data (nbtoolkit.forgetting.retention_probe)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Profile:
     eval: dict[str, Any]
     sft: dict[str, Any]
     rft: dict[str, Any]
+    # the general-ability checks run by default ("checks") and their sizes: benchmark rows ("limit") and
+    # held-out rehearsal prompts ("probe_prompts")
+    general: dict[str, Any] = field(default_factory=dict)
 
 
 PROFILES: dict[str, Profile] = {
@@ -48,7 +52,9 @@ PROFILES: dict[str, Profile] = {
              "max_prompt_tokens": 48, "max_length": 640},
         rft={"max_steps": 2, "warmup_steps": 0, "global_batch_size": 4, "micro_batch_size": 4,
              "number_generation": 2, "save_steps": 2, "max_new_tokens": 4, "max_prompt_tokens": 48,
-             "max_length": 640}),
+             "max_length": 640},
+        # no retention probe by default: a random model cannot answer the rehearsal prompts
+        general={"checks": (), "limit": 8, "probe_prompts": 4, "batch_size": 8}),
     "quick": Profile(
         "quick", "the embedded model, a short SFT and a few GRPO steps: the whole workflow in about 15 minutes",
         "smollm2-135m-instruct", 1500,
@@ -58,13 +64,15 @@ PROFILES: dict[str, Profile] = {
              "max_length": 320},
         # GRPO forward passes of 2 completions: peak RSS 2.8 GB over a quick run (4 completions per pass: 4.4 GB)
         rft={"max_steps": 3, "warmup_steps": 0, "global_batch_size": 8, "micro_batch_size": 2, "save_steps": 3,
-             "max_new_tokens": 8, "max_prompt_tokens": 128, "max_length": 320}),
+             "max_new_tokens": 8, "max_prompt_tokens": 128, "max_length": 320},
+        general={"checks": (RETENTION,), "limit": 100, "probe_prompts": 16}),
     "standard": Profile(
         "standard", "the embedded model, 300 SFT steps and 20 GRPO steps: about 30 minutes of SFT on 2 cores",
         "smollm2-135m-instruct", 1500,
         eval={"limit": 500},
         sft={"max_steps": 300, "warmup_steps": 30, "save_steps": 50},
-        rft={"max_steps": 20, "save_steps": 10}),
+        rft={"max_steps": 20, "save_steps": 10},
+        general={"checks": (RETENTION,), "limit": 500, "probe_prompts": None}),
 }
 
 
@@ -80,6 +88,10 @@ class PipelineConfig:
     profile: str = field(default="quick", metadata={"help": "tiny, quick or standard"})
     model: str | None = field(default=None, metadata={"help": "model name or path; None: the profile's model"})
     stages: tuple[str, ...] = field(default=STAGES, metadata={"help": "stages to run, in order"})
+    general: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "general-ability checks after each stage: 'retention' (drift from the base model on held-out "
+                "rehearsal prompts, no data needed) and benchmark names or files (e.g. arc-easy, piqa); () skips "
+                "them; None: the profile's (retention, except for the tiny random model)"})
     seed: int = field(default=0, metadata={"help": "seed for synthetic data, splits and training"})
     out: str | None = field(default=None, metadata={"help": "output directory (new); None: a new one under runs/"})
 
@@ -147,11 +159,13 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the configured stages; returns the content of stages.json."""
     from nbtoolkit.evaluation import EvalResult
+    from nbtoolkit.forgetting import GENERAL_EVAL_KIND, GeneralEvalResult, forgetting_table
     from nbtoolkit.plots import stage_table
-    from nbtoolkit.runtime import JobSpec, LocalRuntime
+    from nbtoolkit.runtime import JobFailed, JobSpec, LocalRuntime
 
     config = config or PipelineConfig()
     profile = PROFILES[config.profile]
+    general_checks = _general_checks(config, profile)
     if config.out is None:
         out = new_run_dir("runs", f"pipeline-{profile.name}")
     else:
@@ -169,7 +183,7 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
     runtime = LocalRuntime(out / "jobs")
     eval_config = EvalConfig.for_platform("local", **profile.eval)
     summary: dict[str, Any] = {"profile": profile.name, "model": model, "stages": {}, "jobs": {}, "deltas": {},
-                               "labels": list(data.labels or []), "notes": data.notes}
+                               "general": {}, "general_errors": {}, "labels": list(data.labels or []), "notes": data.notes}
     results: dict[str, EvalResult] = {}
     curves: dict[str, tuple[pd.DataFrame, str]] = {}
 
@@ -193,6 +207,25 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
                                         if isinstance(v, (int, float)) and k in summary["stages"][previous]}
         log(results[stage].summary())
         _write_outputs(out, summary, results, curves, eval_config)
+        check_general(stage, stage_model)
+
+    def check_general(stage: str, stage_model: str) -> None:
+        extra = _general_job_extra(general_checks, profile, config.seed, base_model=None if stage == "baseline"
+                                   else model)
+        if extra is None:
+            return
+        try:
+            job, _ = run_job(JobSpec(GENERAL_EVAL_KIND, model=stage_model, name=f"general-{stage}", extra=extra),
+                             f"{stage} general")
+        except JobFailed as error:  # a side check: the domain results and later stages go on
+            summary["general_errors"][stage] = str(error)
+            log(f"[{stage} general] failed, the pipeline goes on without it: {error}")
+            _write_outputs(out, summary, results, curves, eval_config)
+            return
+        general = GeneralEvalResult.load(job.run_dir)
+        summary["general"][stage] = general.headline()
+        log(general.summary())
+        _write_outputs(out, summary, results, curves, eval_config)
 
     try:
         if "baseline" in config.stages:
@@ -214,9 +247,48 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
     finally:
         summary["seconds"] = round(time.perf_counter() - started, 1)
         _write_outputs(out, summary, results, curves, eval_config)
-    log(f"done in {summary['seconds']:.0f} s\n{stage_table(summary['stages']).round(3).to_string()}\n"
-        f"stages: {out / 'stages.json'}\nreport: {out / 'report.html'}")
+    tables = [stage_table(summary["stages"])]
+    if summary["general"]:
+        tables.append(forgetting_table(summary["stages"], summary["general"]))
+    log(f"done in {summary['seconds']:.0f} s\n" + "\n\n".join(t.round(3).to_string() for t in tables) +
+        f"\nstages: {out / 'stages.json'}\nreport: {out / 'report.html'}")
     return summary
+
+
+def _general_checks(config: PipelineConfig, profile: Profile) -> tuple[list[str | Path], bool]:
+    """(benchmarks, retention) of the general checks; an unknown benchmark fails here, before any job runs."""
+    from nbtoolkit.forgetting import BENCHMARKS, find_benchmark, load_mc_benchmark
+
+    checks = profile.general.get("checks", ()) if config.general is None else config.general
+    benchmarks: list[str | Path] = []
+    for check in checks:
+        if check == RETENTION:
+            continue
+        if check in BENCHMARKS:
+            find_benchmark(check)
+            benchmarks.append(check)
+        elif Path(check).is_file():
+            load_mc_benchmark(check)  # a bad row fails now, naming file, row and column
+            benchmarks.append(Path(check).resolve())
+        else:
+            raise NbtoolkitError(unknown_name_message("general check (or an existing benchmark file)", check,
+                                                      [RETENTION, *BENCHMARKS]))
+    return benchmarks, RETENTION in checks
+
+
+def _general_job_extra(checks: tuple[list[str | Path], bool], profile: Profile, seed: int, *,
+                       base_model: str | None) -> dict[str, Any] | None:
+    """Keyword arguments of the general-eval job after one stage; None when it has nothing to check (the
+    retention probe compares a trained model with its base, so the baseline only gets benchmarks)."""
+    benchmarks, retention = checks
+    probe = retention and base_model is not None
+    if not benchmarks and not probe:
+        return None
+    sizes = {"limit": profile.general.get("limit"), "batch_size": profile.general.get("batch_size", 16)}
+    extra: dict[str, Any] = {"benchmarks": [str(b) for b in benchmarks], "seed": seed, **sizes}
+    if probe:
+        extra.update(base_model=base_model, probe_prompts=profile.general.get("probe_prompts"))
+    return extra
 
 
 def _config_dict(config: PipelineConfig) -> dict[str, Any]:
@@ -249,7 +321,8 @@ def _write_outputs(out: Path, summary: dict, results: dict, curves: dict, eval_c
     confusions = {stage: r.confusion for stage, r in results.items() if r.confusion is not None}
     write_report(out / "report.html", f"nbtoolkit pipeline ({summary['profile']}, {summary['model']})",
                  summary["stages"], confusions=confusions, reply_lengths=lengths,
-                 max_new_tokens=eval_config.max_new_tokens, curves=curves, notes=summary.get("notes", []))
+                 max_new_tokens=eval_config.max_new_tokens, curves=curves, notes=summary.get("notes", []),
+                 general=summary.get("general"))
 
 
 def load_stages(out: str | os.PathLike) -> dict[str, Any]:

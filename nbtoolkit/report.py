@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from nbtoolkit.forgetting import forgetting_table
 from nbtoolkit.plots import (
     confusion_matrix_figure, response_length_figure, stage_table, stage_table_styler, training_curve_figure,
 )
@@ -23,6 +24,11 @@ table { border-collapse: collapse; font-size: 0.9rem; } td, th { padding: 0.25re
 caption { text-align: left; font-weight: 600; padding: 0.3rem 0; }
 .figures { display: flex; flex-wrap: wrap; gap: 1rem; } .note { color: #555; font-size: 0.9rem; }
 """
+
+
+GENERAL_NOTE = ("General ability, to catch forgetting: benchmark accuracy (log-likelihood multiple choice) and the "
+                "retention probe on held-out rehearsal prompts (KL from the base model per token, its drop in "
+                "log-probability, top-1 agreement; 0, 0 and 1 mean unchanged).")
 
 
 def figure_to_img(figure: Figure) -> str:
@@ -42,13 +48,20 @@ def render_report(
     max_new_tokens: int | None = None,
     curves: Mapping[str, tuple[pd.DataFrame, str]] | None = None,
     notes: Sequence[str] = (),
+    general: Mapping[str, Mapping[str, float]] | None = None,
 ) -> str:
-    """The report as one HTML string (figures embedded, no external files)."""
+    """The report as one HTML string (figures embedded, no external files).
+
+    general: {stage: general-ability headline} (GeneralEvalResult.headline()), shown beside the domain metrics.
+    """
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     parts += [f"<p class='note'>{html.escape(note)}</p>" for note in notes]
     parts.append("<h2>Metrics by stage</h2>")
     parts.append(stage_table_styler(stage_table(stages)).to_html())
+    if general:
+        parts.append("<h2>Domain and general ability</h2><p class='note'>" + html.escape(GENERAL_NOTE) + "</p>")
+        parts.append(stage_table_styler(forgetting_table(stages, general)).to_html())
     if confusions:
         parts.append("<h2>Confusion matrices</h2><p class='note'>Rows: true label; columns: predicted label.</p>")
         parts.append("<div class='figures'>")

@@ -1,17 +1,36 @@
 import pytest
+import torch
 
 from nbtoolkit.cli import main
-from nbtoolkit.data.formats import read_jsonl
+from nbtoolkit.data.formats import read_jsonl, write_jsonl
+from nbtoolkit.errors import DataError, NbtoolkitError
 from nbtoolkit.generation import generate_replies
 from nbtoolkit.models import tiny_model
 from nbtoolkit.pipeline import PipelineConfig, load_stages, run_pipeline
 from nbtoolkit.runtime.events import new_run_dir
+from nbtoolkit.ui import ResultsView
+
+
+def varied_tiny_model(path):
+    """The tiny model with large random weights, so its greedy replies vary and the retention probe has text."""
+    loaded = tiny_model(seed=5, vocab_from=None)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in loaded.model.parameters():
+            if weight.dim() > 1:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
+    return loaded.save(path)
 
 
 def test_tiny_pipeline_runs_every_stage_and_writes_stages_and_report(tmp_path):
     lines = []
     out = tmp_path / "run"
-    summary = run_pipeline(PipelineConfig(profile="tiny", out=str(out)), progress=False, log=lines.append)
+    benchmark = tmp_path / "colours.jsonl"
+    write_jsonl([{"query": f"Question {i}: the sky is", "choices": ["blue", "green"], "gold": 0} for i in range(6)],
+                benchmark)
+    config = PipelineConfig(profile="tiny", model=str(varied_tiny_model(tmp_path / "model")), out=str(out),
+                            general=("retention", str(benchmark)))
+    summary = run_pipeline(config, progress=False, log=lines.append)
     assert list(summary["stages"]) == ["baseline", "sft", "rft"]
     assert set(summary["deltas"]) == {"sft", "rft"}
     stages = load_stages(out)
@@ -26,6 +45,46 @@ def test_tiny_pipeline_runs_every_stage_and_writes_stages_and_report(tmp_path):
     assert "Δ rft" in report
     assert (out / "data" / "manifest.json").exists()
     assert any("label accuracy" in line for line in lines)
+
+    # general ability beside the domain metric: the benchmark after every stage, the retention probe after training
+    general = stages["general"]
+    assert list(general) == ["baseline", "sft", "rft"]
+    assert general["baseline"]["colours_accuracy"] in {k / 6 for k in range(7)}
+    assert "retention_mean_kl" not in general["baseline"]
+    assert general["sft"]["retention_mean_kl"] > 0 and 0 <= general["rft"]["retention_top1_agreement"] <= 1
+    assert "Domain and general ability" in report
+    view = ResultsView(out)
+    table = view.general_table()
+    assert table.loc["colours_accuracy", "Δ sft"] == pytest.approx(
+        general["sft"]["colours_accuracy"] - general["baseline"]["colours_accuracy"])
+    assert table.loc["label_accuracy", "sft"] == pytest.approx(stages["stages"]["sft"]["label_accuracy"])
+    assert "Domain and general ability" in view.fallback_html()
+
+
+def test_a_failed_general_check_leaves_the_domain_results(tmp_path):
+    out = tmp_path / "run"
+    lines = []
+    # the default tiny model answers rehearsal prompts with special tokens only: the retention probe fails
+    summary = run_pipeline(PipelineConfig(profile="tiny", out=str(out), stages=("baseline", "sft"),
+                                          general=("retention",)), progress=False, log=lines.append)
+    assert summary["stages"]["sft"]["n"] == 8 and summary["general"] == {}
+    assert "no usable reply" in load_stages(out)["general_errors"]["sft"]
+    assert any("the pipeline goes on without it" in line for line in lines)
+    assert (out / "report.html").is_file()
+
+
+def test_an_unknown_or_broken_general_check_fails_before_any_work(tmp_path):
+    with pytest.raises(NbtoolkitError, match="did you mean 'arc-easy'"):
+        run_pipeline(PipelineConfig(profile="tiny", out=str(tmp_path / "run"), general=("arc-esy",)),
+                     progress=False, log=lambda line: None)
+    broken = tmp_path / "broken.jsonl"
+    write_jsonl([{"query": "2 + 2 =", "choices": ["4", "5"], "gold": 0}, {"query": "1 + 1 =", "choices": ["2", "3"],
+                                                                         "gold": 3}], broken)
+    with pytest.raises(DataError, match="gold 3 is not an index") as caught:
+        run_pipeline(PipelineConfig(profile="tiny", out=str(tmp_path / "run"), general=(str(broken),)),
+                     progress=False, log=lambda line: None)
+    assert "broken.jsonl" in str(caught.value) and "row" in str(caught.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_rft_without_sft_is_refused():
@@ -73,3 +132,8 @@ def test_cli_model_info_for_a_nova_name_needs_no_download(capsys):
 def test_cli_model_list(capsys):
     assert main(["model", "list"]) == 0
     assert "smollm2-135m-instruct" in capsys.readouterr().out
+
+
+def test_cli_pipeline_general_checks_are_named(tmp_path, capsys):
+    assert main(["pipeline", "--profile", "tiny", "--general", "retention,arc-esy", "--out", str(tmp_path / "r")]) == 2
+    assert "did you mean 'arc-easy'" in capsys.readouterr().err and not (tmp_path / "r").exists()

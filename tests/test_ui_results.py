@@ -78,11 +78,35 @@ def test_results_widget_has_tabs_with_table_images_and_explorer(stages):
     view = ResultsView(stages)
     tabs = view.widget
     assert tabs.titles == ("Metrics", "Confusion", "Lengths", "Per class", "Samples")
-    assert "Δ rft − baseline" in tabs.children[0].value
+    assert len(tabs.children[0].children) == 1  # no general-ability table when none was measured
+    assert "Δ rft − baseline" in tabs.children[0].children[0].value
     assert bytes(tabs.children[1].value[:4]) == b"\x89PNG" and bytes(tabs.children[2].value[:4]) == b"\x89PNG"
     assert view.explorer.stage.options == ("baseline", "sft", "rft")
     bundle = view._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and "<img" in bundle["text/html"]
+
+
+def test_results_view_puts_general_ability_beside_the_domain_metric(stages):
+    from nbtoolkit.forgetting import GeneralEvalResult
+
+    def general(accuracy, kl):
+        metrics = {"arc-easy": {"accuracy": accuracy, "accuracy_stderr": 0.02, "accuracy_norm": accuracy, "n": 200,
+                                "chance": 0.25}}
+        retention = None if kl is None else {"mean_kl": kl, "logprob_drop": kl / 2, "top1_agreement": 1 - kl}
+        return GeneralEvalResult("m", metrics, retention=retention)
+
+    view = ResultsView(stages, general={"baseline": general(0.62, None), "sft": general(0.55, 0.2),
+                                        "rft": general(0.56, 0.25)})
+    table = view.general_table()
+    assert list(table.index[:2]) == ["label_accuracy", "exact_match"]
+    assert table.loc["arc-easy_accuracy", "Δ sft"] == pytest.approx(-0.07)
+    assert table.loc["retention_mean_kl", "Δ rft"] == pytest.approx(0.05)
+    assert table.loc["label_accuracy", "sft"] == pytest.approx(stages["sft"].metrics["label_accuracy"])
+    metrics_tab = view.widget.children[0]
+    assert "nbt-general-table" in metrics_tab.children[1]._dom_classes
+    assert "retention_mean_kl" in metrics_tab.children[1].value
+    assert "arc-easy_accuracy" in view.fallback_html()
+    assert ResultsView(stages).general_table() is None
 
 
 def test_filter_predictions_combines_filters(stages):

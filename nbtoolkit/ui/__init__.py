@@ -15,7 +15,7 @@ _EXPORTS = {
     "nbtoolkit.ui.mapping": ("ColumnMappingForm",),
     "nbtoolkit.ui.hyperparameters": ("HyperparameterForm",),
     "nbtoolkit.ui.monitor": ("JobMonitor",),
-    "nbtoolkit.ui.results": ("ResultsView", "load_stage_results"),
+    "nbtoolkit.ui.results": ("ResultsView", "load_general_results", "load_stage_results"),
     "nbtoolkit.ui.samples": ("SampleExplorer", "filter_predictions"),
     "nbtoolkit.ui.mix": ("MixForm",),
 }

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from nbtoolkit.evaluation import EvalResult
+    from nbtoolkit.forgetting import GeneralEvalResult
 
 STAGES_FILE = "stages.json"
 
@@ -60,15 +61,36 @@ def load_stage_results(source: str | os.PathLike | Mapping[str, Any]) -> dict[st
     return results
 
 
+def load_general_results(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, GeneralEvalResult]:
+    """{stage: GeneralEvalResult} of a pipeline directory's general-<stage> jobs, or from a mapping of stage ->
+    GeneralEvalResult or its directory; {} when no general check ran."""
+    from nbtoolkit.forgetting import GENERAL_DIR, RESULT_FILE, GeneralEvalResult
+    from nbtoolkit.runtime.events import read_json
+
+    if isinstance(source, Mapping):
+        return {str(stage): item if isinstance(item, GeneralEvalResult) else GeneralEvalResult.load(item)
+                for stage, item in source.items()}
+    jobs = (read_json(Path(source) / STAGES_FILE) or {}).get("jobs", {})
+    return {name.removeprefix("general-"): GeneralEvalResult.load(run_dir) for name, run_dir in jobs.items()
+            if name.startswith("general-") and (Path(run_dir) / GENERAL_DIR / RESULT_FILE).is_file()}
+
+
 class ResultsView(WidgetView):
-    """Compare evaluated stages (baseline, SFT, RFT): tabs for the metric table, confusion matrices, reply
-    lengths, per-class metrics and a SampleExplorer. Figures and tables are also available without widgets:
-    `table()`, `styler()`, `confusion_figure()`, `lengths_figure()`, `per_class_figure()`.
+    """Compare evaluated stages (baseline, SFT, RFT): tabs for the metric table (with general ability beside the
+    domain metric when it was measured), confusion matrices, reply lengths, per-class metrics and a
+    SampleExplorer. Figures and tables are also available without widgets: `table()`, `styler()`,
+    `general_table()`, `confusion_figure()`, `lengths_figure()`, `per_class_figure()`.
+
+    general: {stage: GeneralEvalResult or its directory}; read from a pipeline directory's general-<stage> jobs
+    when `source` is a directory.
     """
 
     def __init__(self, source: str | os.PathLike | Mapping[str, Any], *, metrics: Sequence[str] = STAGE_METRICS,
-                 max_new_tokens: int | None = None) -> None:
+                 max_new_tokens: int | None = None, general: Mapping[str, Any] | None = None) -> None:
         self.results = load_stage_results(source)
+        if general is None and not isinstance(source, Mapping):
+            general = source
+        self.general = load_general_results(general) if general is not None else {}
         self.metrics = tuple(metrics)
         first = next(iter(self.results.values()))
         self.max_new_tokens = max_new_tokens or getattr(first.config, "max_new_tokens", None)
@@ -92,6 +114,19 @@ class ResultsView(WidgetView):
         """The table as a Styler: values ± stderr, gains green, losses red."""
         metrics = metrics or self.metrics
         return stage_table_styler(self.table(metrics), caption, stderr=stage_stderr(self.stages, metrics))
+
+    def general_table(self, domain_metrics: Sequence[str] = ("label_accuracy", "exact_match")):
+        """Domain and general-ability metrics by stage with each stage's change (None if none was measured)."""
+        from nbtoolkit.forgetting import forgetting_table
+
+        if not self.general:
+            return None
+        return forgetting_table(self.stages, self.general, domain_metrics=domain_metrics)
+
+    def general_styler(self):
+        table = self.general_table()
+        return None if table is None else stage_table_styler(
+            table, "Domain and general ability by stage (retention: drift from the base model)")
 
     def seed_table(self):
         """Seed 003's final table (ROUGE, exact match, F1, BLEU) for these stages."""
@@ -149,12 +184,16 @@ class ResultsView(WidgetView):
                                 image(self.per_class_figure(), "nbt-per-class")]) if per_class is not None else \
             w.HTML("<i>free-text task: no per-class metrics</i>")
         self.explorer = SampleExplorer(self.results)
-        tabs = w.Tab(children=[add_classes(w.HTML(self.styler().to_html()), "nbt-stage-table"),
+        metrics = [add_classes(w.HTML(self.styler().to_html()), "nbt-stage-table")]
+        if self.general:
+            metrics.append(add_classes(w.HTML(self.general_styler().to_html()), "nbt-general-table"))
+        tabs = w.Tab(children=[w.VBox(metrics),
                                image(self.confusion_figure(), "nbt-confusion"),
                                image(self.lengths_figure(), "nbt-lengths"), per_class_box, self.explorer.widget],
                      titles=("Metrics", "Confusion", "Lengths", "Per class", "Samples"))
         return add_classes(tabs, "nbt-results-view")
 
     def fallback_html(self) -> str:
-        snapshot = self.styler().to_html() + png_img(figure_png(self.confusion_figure()), "confusion matrices")
+        general = self.general_styler()
+        snapshot = self.styler().to_html() + (general.to_html() if general is not None else "") + png_img(figure_png(self.confusion_figure()), "confusion matrices")
         return widgets_missing_html("ResultsView", snapshot)
