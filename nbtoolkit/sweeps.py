@@ -79,6 +79,13 @@ def auto_parallel(per_job_gb: float = PER_JOB_GB) -> int:
     return max(1, min(by_memory, by_cpu))
 
 
+def job_threads_env(jobs_at_once: int, cores: int | None = None) -> dict[str, str]:
+    """Worker environment giving each of `jobs_at_once` local jobs its share of the cores (at least one thread),
+    so jobs side by side do not oversubscribe the CPU."""
+    threads = str(max(1, (cores or os.cpu_count() or 1) // max(1, jobs_at_once)))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 def _local_model_of(job: Any) -> str:
     return str(job.run_dir)
 
@@ -107,7 +114,9 @@ class Sweep:
 
         self.base = base
         self.out_dir = Path(out_dir)
-        self.runtime = runtime if runtime is not None else LocalRuntime(self.out_dir / "jobs")
+        self.max_parallel = auto_parallel() if max_parallel == "auto" else int(max_parallel)
+        self.runtime = runtime if runtime is not None else LocalRuntime(
+            self.out_dir / "jobs", env=job_threads_env(self.max_parallel))
         self.grid = {ALIASES.get(k, k): list(v) for k, v in grid.items()}
         self.general_files = dict(general_files or base.extra.get("general_data") or {})
         self.mix = self._base_mix(mix)
@@ -124,7 +133,6 @@ class Sweep:
                 if key not in known:
                     raise ValueError(unknown_name_message("general evaluation setting", key, sorted(known)))
         self.baseline = baseline
-        self.max_parallel = auto_parallel() if max_parallel == "auto" else int(max_parallel)
         self.domain_metric = domain_metric or ("label_accuracy" if base.labels else "exact_match")
         self.model_of = model_of
         self.poll = poll
@@ -468,5 +476,5 @@ def best_run(table: pd.DataFrame, domain_metric: str, general_metric: str, *,
     return front.loc[score.idxmax()]
 
 
-__all__ = ["POINT_EVAL_KIND", "Sweep", "auto_parallel", "best_run", "grid_points", "pareto_front", "results_table",
-           "run_point_eval"]
+__all__ = ["POINT_EVAL_KIND", "Sweep", "auto_parallel", "best_run", "grid_points", "job_threads_env", "pareto_front",
+           "results_table", "run_point_eval"]

@@ -13,13 +13,7 @@ SYSTEM = "Classify the question as HQ, LQ_EDIT or LQ_CLOSE. Answer with the labe
 def tiny():
     """The tiny model with large random weights: its greedy replies vary with the prompt (the default
     initialisation answers every prompt with one repeated token, which would hide misaligned rows)."""
-    loaded = tiny_model(seed=5, vocab_from=None)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in loaded.model.parameters():
-            if weight.dim() > 1:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
-    return loaded
+    return tiny_model(seed=5, vocab_from=None, weight_std=0.3)
 
 
 def reference_replies(loaded, conversations, max_new_tokens, stop=None):

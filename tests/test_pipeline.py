@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from nbtoolkit.cli import main
 from nbtoolkit.data.formats import read_jsonl, write_jsonl
@@ -11,24 +10,14 @@ from nbtoolkit.runtime.events import new_run_dir
 from nbtoolkit.ui import ResultsView
 
 
-def varied_tiny_model(path):
-    """The tiny model with large random weights, so its greedy replies vary and the retention probe has text."""
-    loaded = tiny_model(seed=5, vocab_from=None)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in loaded.model.parameters():
-            if weight.dim() > 1:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
-    return loaded.save(path)
-
-
 def test_tiny_pipeline_runs_every_stage_and_writes_stages_and_report(tmp_path):
     lines = []
     out = tmp_path / "run"
     benchmark = tmp_path / "colours.jsonl"
     write_jsonl([{"query": f"Question {i}: the sky is", "choices": ["blue", "green"], "gold": 0} for i in range(6)],
                 benchmark)
-    config = PipelineConfig(profile="tiny", model=str(varied_tiny_model(tmp_path / "model")), out=str(out),
+    varied = tiny_model(seed=5, vocab_from=None, weight_std=0.3)  # replies with text: the retention probe works
+    config = PipelineConfig(profile="tiny", model=str(varied.save(tmp_path / "model")), out=str(out),
                             general=("retention", str(benchmark)))
     summary = run_pipeline(config, progress=False, log=lines.append)
     assert list(summary["stages"]) == ["baseline", "sft", "rft"]

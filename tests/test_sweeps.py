@@ -14,7 +14,7 @@ from conftest import shared_file
 from nbtoolkit.mixing import MixConfig
 from nbtoolkit.models import tiny_model
 from nbtoolkit.runtime import JobSpec
-from nbtoolkit.sweeps import Sweep, best_run, grid_points, pareto_front
+from nbtoolkit.sweeps import Sweep, best_run, grid_points, job_threads_env, pareto_front
 from nbtoolkit.training.config import EvalConfig, SFTLoraConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::nbtoolkit.training.config.HyperparameterWarning")
@@ -111,6 +111,15 @@ def test_a_tiny_sweep_runs_end_to_end(files, tmp_path):
     pd.testing.assert_frame_equal(Sweep.load(tmp_path / "sweep"), table)
     mixed_run = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"][1]["jobs"]["train"]
     assert json.loads(open(f"{mixed_run}/mix.json").read())["realized"]["sources"]["customer"]["rows"] == 4
+    threads = json.loads(open(f"{mixed_run}/job.json").read())["runtime"]["env"]["OMP_NUM_THREADS"]
+    assert threads == job_threads_env(2)["OMP_NUM_THREADS"]  # two jobs at once share the cores
+
+
+def test_jobs_side_by_side_share_the_cores():
+    assert job_threads_env(1, cores=2) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    assert job_threads_env(2, cores=2)["OMP_NUM_THREADS"] == "1"
+    assert job_threads_env(3, cores=8)["OMP_NUM_THREADS"] == "2"
+    assert job_threads_env(4, cores=2)["OMP_NUM_THREADS"] == "1"  # never zero
 
 
 def test_cancel_stops_the_running_jobs_and_the_rest(tmp_path):

