@@ -51,16 +51,16 @@ def load_rows(data: str | None, n_rows: int) -> tuple[list[list[dict]], str]:
     return [record["messages"] for record in records], source
 
 
-def run_ours(model: str, rows_file: Path, args: argparse.Namespace, work: Path) -> dict:
+def run_ours(model: str, rows_file: Path, args: argparse.Namespace, work: Path, parallel: int = 1) -> dict:
     from nbtoolkit.runtime.events import RunLog, read_metrics
     from nbtoolkit.training.config import SFTLoraConfig
     from nbtoolkit.training.sft import run_sft
 
     config = SFTLoraConfig.for_platform(
         "local", lr=args.lr, max_steps=args.steps + 1, warmup_steps=0, save_steps=args.steps + 1, logging_steps=1,
-        global_batch_size=args.batch, micro_batch_size=args.batch, max_prompt_tokens=args.max_prompt_tokens,
-        max_length=args.max_length)
-    run_dir = work / "ours"
+        global_batch_size=args.batch, micro_batch_size=args.batch // parallel, parallel_micro_batches=parallel,
+        max_prompt_tokens=args.max_prompt_tokens, max_length=args.max_length)
+    run_dir = work / f"ours-{parallel}"
     summary = run_sft(config, model=model, train_file=rows_file, run_dir=run_dir, log=RunLog(run_dir, echo=None))
     steps = [row for row in read_metrics(run_dir) if "loss" in row][1:]
     seconds = sum(row["seconds_per_step"] for row in steps)
@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="sequence limit of both trainers (TRL's default, so neither cuts the rows further)")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--trl-bf16", action="store_true", help="keep TRL's bf16 default (slow without native bf16)")
+    parser.add_argument("--parallel-micro-batches", type=int, default=2,
+                        help="also time ours with the step split into this many micro batches computed side by "
+                             "side, one thread each (1: skip)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line too")
     args = parser.parse_args(argv)
 
@@ -157,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         ours = run_ours(args.model, rows_file, args, work)
         print(f"nbtoolkit run_sft : {ours['tokens_per_second']:8,.0f} tokens/s  {ours['seconds_per_step']:6.2f} s/step"
               f"  ({ours['tokens_per_step']:,.0f} tokens/step)  peak RSS {ours['peak_rss_mb']:,.0f} MB", flush=True)
+        side = None
+        if args.parallel_micro_batches > 1:
+            side = run_ours(args.model, rows_file, args, work, args.parallel_micro_batches)
+            print(f"  {args.parallel_micro_batches} micro batches side by side: {side['tokens_per_second']:8,.0f} "
+                  f"tokens/s  {side['seconds_per_step']:6.2f} s/step  "
+                  f"({side['tokens_per_second'] / ours['tokens_per_second']:.2f}x one micro batch)", flush=True)
         trl = run_trl(args.model, conversations, ours["config"], args, work)
         print(f"TRL SFTTrainer    : {trl['tokens_per_second']:8,.0f} tokens/s  {trl['seconds_per_step']:6.2f} s/step"
               f"  ({trl['tokens_per_step']:,.0f} tokens/step)  peak RSS {trl['peak_rss_mb']:,.0f} MB (process peak, "
@@ -164,9 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     ratio = ours["tokens_per_second"] / trl["tokens_per_second"]
     print(f"speed-up (tokens/s): {ratio:.2f}x  (target >= 1.5x)  "
           f"s/step ratio: {trl['seconds_per_step'] / ours['seconds_per_step']:.2f}x")
+    if side is not None:
+        print(f"speed-up with {args.parallel_micro_batches} micro batches side by side: "
+              f"{side['tokens_per_second'] / trl['tokens_per_second']:.2f}x")
     if args.json:
-        ours.pop("config")
-        print(json.dumps({"ours": ours, "trl": trl, "ratio": ratio, "rows_source": source}))
+        for run in (ours, side or {}):
+            run.pop("config", None)
+        print(json.dumps({"ours": ours, "ours_side_by_side": side, "trl": trl, "ratio": ratio, "rows_source": source}))
     return 0
 
 

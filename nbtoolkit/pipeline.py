@@ -183,7 +183,8 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
     runtime = LocalRuntime(out / "jobs")
     eval_config = EvalConfig.for_platform("local", **profile.eval)
     summary: dict[str, Any] = {"profile": profile.name, "model": model, "stages": {}, "jobs": {}, "deltas": {},
-                               "general": {}, "general_errors": {}, "labels": list(data.labels or []), "notes": data.notes}
+                               "general": {}, "general_errors": {}, "labels": list(data.labels or []),
+                               "notes": data.notes}
     results: dict[str, EvalResult] = {}
     curves: dict[str, tuple[pd.DataFrame, str]] = {}
 

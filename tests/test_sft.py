@@ -303,6 +303,47 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tiny_dir, train_fil
     assert different_seed["final_loss"] != pytest.approx(straight["final_loss"], abs=1e-5)
 
 
+def test_micro_batches_side_by_side_train_like_one_after_the_other(tiny_dir, train_file, tmp_path, monkeypatch):
+    import threading
+
+    import nbtoolkit.training.sft as sft
+
+    threads = []
+    loss = sft.answer_token_loss
+
+    def recording_loss(*args, **kwargs):
+        threads.append((threading.current_thread().name, torch.get_num_threads()))
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "answer_token_loss", recording_loss)
+    config = lora_config(max_steps=3, save_steps=3, micro_batch_size=4)
+    one_by_one = train(config, tiny_dir, train_file, tmp_path / "serial")
+    assert all(not name.startswith("micro-batch") for name, _ in threads)
+    threads.clear()
+    torch.set_num_threads(2)
+    try:
+        side_by_side = train(config.with_overrides(parallel_micro_batches=2), tiny_dir, train_file,
+                             tmp_path / "parallel")
+        assert torch.get_num_threads() == 2  # restored after the run
+    finally:
+        torch.set_num_threads(1)
+    workers = [(name, n) for name, n in threads if name != "MainThread"]  # MainThread: the loss-mode check
+    assert len(workers) == 6 and all(name.startswith("micro-batch") and n == 1 for name, n in workers)
+
+    serial_losses = [r["loss"] for r in read_metrics(tmp_path / "serial") if "loss" in r]
+    parallel_losses = [r["loss"] for r in read_metrics(tmp_path / "parallel") if "loss" in r]
+    # only the order in which the two micro batches' gradients are added differs: float rounding
+    assert parallel_losses == pytest.approx(serial_losses, rel=1e-4)
+    base, a, b = (load_model(path).model.state_dict() for path in (tiny_dir, tmp_path / "serial" / "model",
+                                                                  tmp_path / "parallel" / "model"))
+    moved = sum(float((a[key] - base[key]).norm() ** 2) for key in a) ** 0.5
+    apart = sum(float((a[key] - b[key]).norm() ** 2) for key in a) ** 0.5
+    assert apart < 0.01 * moved, (apart, moved)  # Adam can turn rounding into an lr-sized step on a ~0 gradient
+    assert side_by_side["final_loss"] == pytest.approx(one_by_one["final_loss"], rel=1e-4)
+    with pytest.raises(ValueError, match="more than the 2 micro batches"):
+        config.with_overrides(parallel_micro_batches=3)
+
+
 def test_stop_event_set_before_the_first_step(tiny_dir, train_file, tmp_path):
     stop = threading.Event()
     stop.set()

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -650,40 +651,41 @@ def run_sft(
     window = {"steps": 0, "loss": 0.0, "tokens": 0, "seconds": 0.0}
     status = "completed"
     saved_step = progress.step if checkpoint is not None and resume else None
-    while progress.step < config.max_steps:
-        if stop_event is not None and stop_event.is_set():
-            status = "stopped"
-            break
-        started = time.perf_counter()
-        examples = sorted((train[r] for r in order.rows(progress.step)), key=lambda e: e.length)
-        loss, tokens, grad_norm, lr = _train_step(net, optimizer, scheduler, trainable, examples, config, pad_id,
-                                                  plan, mode)
-        seconds = time.perf_counter() - started
+    with _micro_batch_workers(config.parallel_micro_batches, device) as workers:
+        while progress.step < config.max_steps:
+            if stop_event is not None and stop_event.is_set():
+                status = "stopped"
+                break
+            started = time.perf_counter()
+            examples = sorted((train[r] for r in order.rows(progress.step)), key=lambda e: e.length)
+            loss, tokens, grad_norm, lr = _train_step(net, optimizer, scheduler, trainable, examples, config, pad_id,
+                                                      plan, mode, workers)
+            seconds = time.perf_counter() - started
 
-        progress.step += 1
-        progress.rows_seen += len(examples)
-        progress.tokens += tokens
-        progress.train_seconds += seconds
-        progress.last_loss = loss
-        for key, value in (("steps", 1), ("loss", loss), ("tokens", tokens), ("seconds", seconds)):
-            window[key] += value
-        step = progress.step
-        if step % config.logging_steps == 0 or step == config.max_steps:
-            mean_loss = window["loss"] / window["steps"]
-            log.metric(step=step, loss=mean_loss, lr=lr, tokens_per_second=window["tokens"] / window["seconds"],
-                       seconds_per_step=window["seconds"] / window["steps"], epoch=round(order.epoch(step), 4),
-                       grad_norm=grad_norm, tokens=window["tokens"])
-            log.info(f"step {step}/{config.max_steps}  loss {mean_loss:.4f}  lr {lr:.3g}  "
-                     f"{window['tokens'] / window['seconds']:,.0f} tokens/s  "
-                     f"{window['seconds'] / window['steps']:.2f} s/step")
-            window = {"steps": 0, "loss": 0.0, "tokens": 0, "seconds": 0.0}
-        log.progress(step, config.max_steps)
-        if step % config.save_steps == 0:
-            if evals:
-                _record_eval(net, evals, config, pad_id, device, plan, mode, progress, log)
-            _save_checkpoint(run_dir, net, optimizer, scheduler, progress, lora)
-            saved_step = step
-            log.info(f"checkpoint {CHECKPOINT_PREFIX}{step} saved")
+            progress.step += 1
+            progress.rows_seen += len(examples)
+            progress.tokens += tokens
+            progress.train_seconds += seconds
+            progress.last_loss = loss
+            for key, value in (("steps", 1), ("loss", loss), ("tokens", tokens), ("seconds", seconds)):
+                window[key] += value
+            step = progress.step
+            if step % config.logging_steps == 0 or step == config.max_steps:
+                mean_loss = window["loss"] / window["steps"]
+                log.metric(step=step, loss=mean_loss, lr=lr, tokens_per_second=window["tokens"] / window["seconds"],
+                           seconds_per_step=window["seconds"] / window["steps"], epoch=round(order.epoch(step), 4),
+                           grad_norm=grad_norm, tokens=window["tokens"])
+                log.info(f"step {step}/{config.max_steps}  loss {mean_loss:.4f}  lr {lr:.3g}  "
+                         f"{window['tokens'] / window['seconds']:,.0f} tokens/s  "
+                         f"{window['seconds'] / window['steps']:.2f} s/step")
+                window = {"steps": 0, "loss": 0.0, "tokens": 0, "seconds": 0.0}
+            log.progress(step, config.max_steps)
+            if step % config.save_steps == 0:
+                if evals:
+                    _record_eval(net, evals, config, pad_id, device, plan, mode, progress, log)
+                _save_checkpoint(run_dir, net, optimizer, scheduler, progress, lora)
+                saved_step = step
+                log.info(f"checkpoint {CHECKPOINT_PREFIX}{step} saved")
 
     if mixed is not None:
         mixed.record(run_dir, progress.step, planned_steps=config.max_steps)
@@ -717,19 +719,40 @@ def run_sft(
     }
 
 
+@contextlib.contextmanager
+def _micro_batch_workers(count: int, device: str) -> Iterator[ThreadPoolExecutor | None]:
+    """Threads that run micro batches side by side on a CPU, every op on one core (small matrices keep two cores
+    busier this way than by splitting every op). torch's thread count is process-wide: restored on exit."""
+    if count <= 1 or device != "cpu":
+        yield None
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=count, thread_name_prefix="micro-batch") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _train_step(net, optimizer, scheduler, trainable, examples: list[ChatExample], config, pad_id: int, plan,
-                mode: _LossMode) -> tuple[float, int, float, float]:
+                mode: _LossMode, workers: ThreadPoolExecutor | None = None) -> tuple[float, int, float, float]:
     """One optimizer step over micro batches; the loss is the mean over every answer token of the step, so
-    accumulation equals one big batch. Returns (loss, tokens, grad norm before clipping, lr used)."""
+    accumulation equals one big batch. With `workers`, micro batches run forward and backward side by side
+    (autograd accumulates their gradients safely). Returns (loss, tokens, grad norm before clipping, lr used)."""
     n_answer = sum(example.answer_length for example in examples)
-    loss_sum, tokens = 0.0, 0
-    for start in range(0, len(examples), config.micro_batch_size):
-        batch = collate(examples[start:start + config.micro_batch_size], pad_id).to(plan.device)
-        with plan.autocast():
+
+    def micro_step(chunk: list[ChatExample]) -> tuple[float, int]:
+        batch = collate(chunk, pad_id).to(plan.device)
+        with plan.autocast():  # autocast is per thread: entered by the thread that runs the forward
             loss = answer_token_loss(net, batch, head_only=mode.head_only, share_prefix=mode.share_prefix)
         (loss / n_answer).backward()
-        loss_sum += loss.item()
-        tokens += batch.n_tokens
+        return loss.item(), batch.n_tokens
+
+    chunks = [examples[start:start + config.micro_batch_size]
+              for start in range(0, len(examples), config.micro_batch_size)]
+    done = list(workers.map(micro_step, chunks)) if workers is not None else [micro_step(c) for c in chunks]
+    loss_sum, tokens = sum(loss for loss, _ in done), sum(n for _, n in done)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM))
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()

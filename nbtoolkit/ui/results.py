@@ -195,5 +195,6 @@ class ResultsView(WidgetView):
 
     def fallback_html(self) -> str:
         general = self.general_styler()
-        snapshot = self.styler().to_html() + (general.to_html() if general is not None else "") + png_img(figure_png(self.confusion_figure()), "confusion matrices")
+        snapshot = (self.styler().to_html() + (general.to_html() if general is not None else "")
+                    + png_img(figure_png(self.confusion_figure()), "confusion matrices"))
         return widgets_missing_html("ResultsView", snapshot)
