@@ -21,7 +21,7 @@ from nbtoolkit.data.prepare import PrepareConfig, PreparedData, prepare_dataset
 from nbtoolkit.data.synthetic import SYNTHETIC_NOTE, make_stackoverflow_dataset
 from nbtoolkit.errors import NbtoolkitError, unknown_name_message
 from nbtoolkit.runtime.events import new_run_dir, read_json, write_json_atomic
-from nbtoolkit.training.config import EvalConfig, RFTLoraConfig, SFTLoraConfig
+from nbtoolkit.training.config import CONFIGS, EvalConfig, RFTLoraConfig
 
 STAGES = ("baseline", "sft", "rft")
 RETENTION = "retention"  # the general check that needs no data (nbtoolkit.forgetting.retention_probe)
@@ -41,6 +41,7 @@ class Profile:
     # the general-ability checks run by default ("checks") and their sizes: benchmark rows ("limit") and
     # held-out rehearsal prompts ("probe_prompts")
     general: dict[str, Any] = field(default_factory=dict)
+    sft_method: str = "sft_lora"  # or "sft_full"
 
 
 PROFILES: dict[str, Profile] = {
@@ -66,13 +67,16 @@ PROFILES: dict[str, Profile] = {
         rft={"max_steps": 3, "warmup_steps": 0, "global_batch_size": 8, "micro_batch_size": 2, "save_steps": 3,
              "max_new_tokens": 8, "max_prompt_tokens": 128, "max_length": 320},
         general={"checks": (RETENTION,), "limit": 100, "probe_prompts": 16}),
+    # Calibrated on the real Stack Overflow data (seed 003 split, 500 held-out rows, 360 steps of 8 rows): full
+    # fine-tuning at lr 5e-5 reached 0.900 exact match, LoRA r16 at lr 5e-4 0.850 (and at lr 2e-4 for 300 steps,
+    # 0.836); full fine-tuning's steps cost about 15% more.
     "standard": Profile(
-        "standard", "the embedded model, 300 SFT steps and 20 GRPO steps: about 30 minutes of SFT on 2 cores",
-        "smollm2-135m-instruct", 1500,
+        "standard", "the embedded model, 360 full fine-tuning steps and 20 GRPO steps: about 30-40 minutes of SFT "
+        "on 2 cores", "smollm2-135m-instruct", 1500,
         eval={"limit": 500},
-        sft={"max_steps": 300, "warmup_steps": 30, "save_steps": 50},
+        sft={"lr": 5e-5, "max_steps": 360, "warmup_steps": 25, "save_steps": 60},
         rft={"max_steps": 20, "save_steps": 10},
-        general={"checks": (RETENTION,), "limit": 500, "probe_prompts": None}),
+        general={"checks": (RETENTION,), "limit": 500, "probe_prompts": None}, sft_method="sft_full"),
 }
 
 
@@ -233,8 +237,8 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
             evaluate_stage("baseline", model)
         current = model
         if "sft" in config.stages:
-            sft_config = SFTLoraConfig.for_platform("local", seed=config.seed, **profile.sft)
-            job, _ = run_job(JobSpec("sft_lora", sft_config, model=model, train_file=str(data.sft_file),
+            sft_config = CONFIGS[profile.sft_method].for_platform("local", seed=config.seed, **profile.sft)
+            job, _ = run_job(JobSpec(profile.sft_method, sft_config, model=model, train_file=str(data.sft_file),
                                      eval_file=str(data.eval_file), labels=data.labels, name="sft"), "sft")
             curves["SFT loss"] = (job.metrics(), "loss")
             current = str(job.run_dir)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 STAGES = ("baseline", "sft", "rft")
 STAGES_FILE = "stages.json"
 # The job that trains each stage's model (the baseline is the base model itself).
-TRAINING_KINDS = {"sft": "sft_lora", "rft": "rft_lora"}
+TRAINING_STAGES = ("sft", "rft")
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,11 @@ class Workspace:
         return EvalConfig.for_platform("local", **{**self.profile.eval, **overrides})
 
     def sft_config(self, **overrides: Any):
-        from nbtoolkit.training.config import SFTLoraConfig
+        """The profile's SFT config (LoRA, or full fine-tuning in the standard profile) with `overrides`."""
+        from nbtoolkit.training.config import CONFIGS
 
-        return SFTLoraConfig.for_platform("local", **{"seed": self.seed, **self.profile.sft, **overrides})
+        return CONFIGS[self.profile.sft_method].for_platform("local", **{"seed": self.seed, **self.profile.sft,
+                                                                         **overrides})
 
     def rft_config(self, **overrides: Any):
         from nbtoolkit.training.config import RFTLoraConfig
@@ -148,7 +150,7 @@ class Workspace:
 
         files = self.data_files()
         if stage == "sft":
-            spec = dict(kind="sft_lora", config=self.sft_config(), model=self.base_model(), train_file=str(files.sft),
+            spec = dict(kind=self.profile.sft_method, config=self.sft_config(), model=self.base_model(), train_file=str(files.sft),
                         eval_file=str(files.eval), labels=files.labels, name="sft")
         elif stage == "rft":
             spec = dict(kind="rft_lora", config=self.rft_config(), model=self.ensure_model("sft"),
@@ -210,7 +212,7 @@ class Workspace:
         """`stage`'s model: the base model for "baseline", else the recorded one, trained now when missing."""
         if stage == "baseline":
             return self.base_model()
-        if stage not in TRAINING_KINDS:
+        if stage not in TRAINING_STAGES:
             raise ValueError(unknown_name_message("stage", stage, STAGES))
         recorded = self.summary()["models"].get(stage)
         if recorded and Path(recorded).is_dir():

@@ -126,3 +126,14 @@ def test_cli_model_list(capsys):
 def test_cli_pipeline_general_checks_are_named(tmp_path, capsys):
     assert main(["pipeline", "--profile", "tiny", "--general", "retention,arc-esy", "--out", str(tmp_path / "r")]) == 2
     assert "did you mean 'arc-easy'" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_the_standard_profile_fine_tunes_every_weight_in_the_pipeline_and_the_notebooks(tmp_path):
+    from nbtoolkit.pipeline import PROFILES
+    from nbtoolkit.training.config import SFTFullConfig
+    from nbtoolkit.workspace import Workspace
+
+    assert PROFILES["standard"].sft_method == "sft_full" and PROFILES["quick"].sft_method == "sft_lora"
+    spec = Workspace(tmp_path / "nb", profile="standard", log=lambda message: None).spec("sft")
+    assert spec.kind == "sft_full" and isinstance(spec.config, SFTFullConfig)
+    assert (spec.config.lr, spec.config.max_steps) == (5e-5, 360)
