@@ -298,6 +298,8 @@ class Sweep:
                 time.sleep(self.poll)
         finally:
             self._active.pop(key, None)
+        if self._stop.is_set():  # cancel() may have ended the job before this loop saw the stop
+            raise _Cancelled()
         result = job.result()
         if not result.ok:
             raise NbtoolkitError(f"{spec.kind} job {spec.name} {result.status}: {result.reason} ({job.run_dir})")
