@@ -1,6 +1,7 @@
 """Forgetting with and without data mixing, on the real Stack Overflow task with the embedded model.
 
-    nice -n 10 .venv/bin/python benchmarks/forgetting.py                  # the full comparison (~50 min, 2 cores)
+    nice -n 10 .venv/bin/python benchmarks/forgetting.py                  # the full comparison (200 steps: over an hour)
+    nice -n 10 .venv/bin/python benchmarks/forgetting.py --steps 60 --bench-limit 500 --eval-rows 200   # 30 min
     nice -n 10 .venv/bin/python benchmarks/forgetting.py --small          # plumbing check (a few minutes)
 
 Runs, each an SFT (LoRA) job on the same Stack Overflow rows (seed 003 split of so_quality_6750.parquet):
