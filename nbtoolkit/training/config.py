@@ -183,8 +183,8 @@ _LOCAL_TRAINING_BOUNDS = {
 @dataclass(frozen=True)
 class _SFTFields(_TrainingFields):
     parallel_micro_batches: int = field(default=1, metadata=_help(
-        "micro batches computed at once on a CPU, one thread each (local only); on 2 cores, 2 micro batches "
-        "side by side train faster than one micro batch using both cores"))
+        "micro batches computed at once on a CPU, one thread each (local only); small models can keep a few "
+        "cores busier this way than by splitting each op: time it with benchmarks/sft_throughput.py"))
 
     def _check(self) -> None:
         super()._check()

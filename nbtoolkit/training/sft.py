@@ -721,8 +721,9 @@ def run_sft(
 
 @contextlib.contextmanager
 def _micro_batch_workers(count: int, device: str) -> Iterator[ThreadPoolExecutor | None]:
-    """Threads that run micro batches side by side on a CPU, every op on one core (small matrices keep two cores
-    busier this way than by splitting every op). torch's thread count is process-wide: restored on exit."""
+    """Threads that run micro batches side by side on a CPU, every op on one core (for small matrices this may
+    keep the cores busier than splitting every op). torch's thread count is process-wide: restored on exit, and
+    one thread meanwhile (the periodic eval loss and checkpoints too)."""
     if count <= 1 or device != "cpu":
         yield None
         return
