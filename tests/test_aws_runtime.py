@@ -112,7 +112,7 @@ def test_offline_checks_name_what_is_wrong():
         parse_s3_uri("bucket/a")
     assert check_region("eu-west-2") is None and "region" in check_region("Europe")
     assert check_base_job_name("sft-lora") is None
-    assert "15-character timestamp" in check_base_job_name("x" * 49)
+    assert "15-character timestamp" in check_base_job_name("x" * 44) and check_base_job_name("x" * 43) is None
     assert check_gpu_instance("ml.g5.2xlarge", 1) is None
     assert "did you mean 'ml.g5.2xlarge'" in check_gpu_instance("ml.g5.2xlarg", 1)
     assert "no NVIDIA GPU" in check_gpu_instance("ml.m5.xlarge", 1)

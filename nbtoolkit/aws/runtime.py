@@ -26,6 +26,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -372,8 +373,9 @@ class SageMakerRuntime:
             image = None
             checks.append(Check("image", False, f"no Hugging Face training image for region {self.region!r}: "
                                 f"{error}; pass image_uri="))
-        plan = {"backend": "training_job", "base_job_name": spec.name, "run_id": run_id, "image": image,
-                "role": self.role, "region": self.region, "instance_type": self.instance_type,
+        launch_id = uuid.uuid4().hex[:4]
+        plan = {"backend": "training_job", "base_job_name": f"{spec.name}-{launch_id}", "run_id": run_id,
+                "image": image, "role": self.role, "region": self.region, "instance_type": self.instance_type,
                 "instance_count": self.instance_count, "volume_size_gb": self.volume_size_gb,
                 "max_runtime_seconds": int(self.max_runtime_hours * 3600), "use_spot": self.use_spot,
                 "channels": channels, "uploads": uploads, "output_s3": self.s3_uri(run_id, "output"),

@@ -17,11 +17,13 @@ REGION = re.compile(r"^[a-z]{2}(?:-gov|-iso|-isob)?-[a-z]+-\d$")
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()/-]*$")
-# SageMaker training job names; ModelTrainer appends "-YYYYmmddHHMMSS" (15 characters) to the base name.
+# SageMaker training job names; ModelTrainer appends "-YYYYmmddHHMMSS" (15 characters) to the base name, to
+# which we add a 5-character launch id first: two launches within one second must not share a name.
 JOB_NAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 JOB_NAME_MAX = 63
 TIMESTAMP_SUFFIX = 15
-BASE_NAME_MAX = JOB_NAME_MAX - TIMESTAMP_SUFFIX
+LAUNCH_ID_SUFFIX = 5
+BASE_NAME_MAX = JOB_NAME_MAX - TIMESTAMP_SUFFIX - LAUNCH_ID_SUFFIX
 
 
 class Accelerator(NamedTuple):
@@ -133,8 +135,8 @@ def check_base_job_name(name: str) -> str | None:
         return (f"job name {name!r} is not allowed: letters, digits and hyphens, starting and ending with a letter "
                 "or digit")
     if len(name) > BASE_NAME_MAX:
-        return (f"job name {name!r} has {len(name)} characters; SageMaker adds a 15-character timestamp and allows "
-                f"63, so keep it to {BASE_NAME_MAX}")
+        return (f"job name {name!r} has {len(name)} characters; SageMaker adds a 15-character timestamp (and "
+                f"nbtoolkit a 5-character launch id) and allows 63, so keep it to {BASE_NAME_MAX}")
     return None
 
 
