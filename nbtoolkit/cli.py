@@ -158,6 +158,49 @@ def _general(text: str | None) -> tuple[str, ...] | None:
     return () if text.strip().lower() == "none" else _names(text)
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a model on an eval file (GEN_QA metrics, labels, confusion matrix)",
+                       description="Runs one eval job in a new directory under --out: eval/metrics.json, "
+                                   "eval/predictions.jsonl, the confusion matrix and per-class metrics.")
+    p.add_argument("--model", default="embedded",
+                   help="'embedded' (default), a training run directory, a model directory or a Hugging Face id")
+    p.add_argument("--data", required=True, help="eval file: gen_qa/chat/converse JSONL, or CSV/JSON/Parquet")
+    p.add_argument("--out", default="runs", help="directory that gets the job's run directory (default: runs)")
+    p.add_argument("--labels", type=_labels, help="label set, e.g. HQ,LQ_EDIT,LQ_CLOSE (default: inferred)")
+    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--max-new-tokens", type=int, help="reply length limit")
+    p.add_argument("--batch-size", type=int, help="generation batch size")
+    p.add_argument("--max-prompt-tokens", type=int, help="user turn cut to this many tokens")
+    p.add_argument("--no-loglik", action="store_true", help="skip the label log-likelihood accuracy")
+    p.add_argument("--dry-run", action="store_true", help="run every check and show the job; launch nothing")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from nbtoolkit.evaluation import EvalResult
+    from nbtoolkit.runtime import JobSpec, LocalRuntime
+    from nbtoolkit.training.config import EvalConfig
+
+    overrides = {name: value for name, value in (
+        ("limit", args.limit), ("max_new_tokens", args.max_new_tokens), ("batch_size", args.batch_size),
+        ("max_prompt_tokens", args.max_prompt_tokens)) if value is not None}
+    if args.no_loglik:
+        overrides["loglik"] = False
+    spec = JobSpec("eval", EvalConfig.for_platform("local", **overrides), model=args.model, eval_file=args.data,
+                   labels=args.labels, name="eval")
+    runtime = LocalRuntime(args.out)
+    if args.dry_run:
+        report = runtime.launch(spec, dry_run=True)
+        print(report)
+        return 0 if report.ok else 1
+    job = runtime.launch(spec)
+    print(f"eval job in {job.run_dir}", flush=True)
+    job.wait(progress=True)
+    print(EvalResult.load(job.run_dir / "eval").summary())
+    print(f"metrics and predictions: {job.run_dir / 'eval'}")
+    return 0
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible chat completions API",
                        description="POST /v1/chat/completions (streaming with \"stream\": true) and GET /v1/models "
@@ -195,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synthetic(sub)
     _add_model(sub)
     _add_pipeline(sub)
+    _add_evaluate(sub)
     _add_serve(sub)
     from nbtoolkit.aws.cli import add_sagemaker_parser
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import nbtoolkit.generation as generation
+from nbtoolkit.cli import main
 from nbtoolkit.data.formats import write_jsonl
 from nbtoolkit.errors import DataError
 from nbtoolkit.evaluation import (
@@ -216,3 +217,25 @@ def test_evaluate_real_tiny_model_and_round_trip(tiny, tmp_path):
     for key, value in result.metrics.items():
         assert (math.isnan(value) and math.isnan(restored.metrics[key])) or restored.metrics[key] == value
     assert "label accuracy" in restored.summary()
+
+
+def test_cli_evaluate_runs_an_eval_job_and_prints_the_metrics(tiny, tmp_path, capsys):
+    references = ["HQ", "LQ_EDIT", "LQ_CLOSE", "HQ", "LQ_EDIT"]
+    path = write_jsonl(gen_qa([f"question {i}" for i in range(5)], references), tmp_path / "eval.jsonl")
+    model = tiny.save(tmp_path / "model")
+    out = tmp_path / "runs"
+
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "missing.jsonl"), "--out", str(out),
+                 "--dry-run"]) == 1
+    assert "FAIL" in capsys.readouterr().out and not out.exists()
+
+    assert main(["evaluate", "--model", str(model), "--data", str(path), "--out", str(out), "--labels",
+                 ",".join(LABELS), "--limit", "4", "--max-new-tokens", "3", "--no-loglik"]) == 0
+    printed = capsys.readouterr().out
+    (run_dir,) = out.iterdir()
+    restored = EvalResult.load(run_dir / "eval")
+    assert restored.metrics["n"] == 4 and "loglik_accuracy" not in restored.metrics
+    assert restored.config == EvalConfig(max_new_tokens=3, limit=4, loglik=False) and restored.labels == LABELS
+    direct = evaluate(tiny, path, restored.config, labels=LABELS, progress=False)
+    assert restored.predictions["reply"].tolist() == direct.predictions["reply"].tolist()
+    assert "label accuracy" in printed and str(run_dir / "eval") in printed

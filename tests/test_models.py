@@ -72,7 +72,7 @@ def logits(loaded: LoadedModel, tokenizer=None) -> torch.Tensor:
 
 def test_default_name_resolves_to_embedded_spec_case_insensitively():
     spec = resolve_model("SmolLM2-135M-Instruct")
-    assert spec is resolve_model(DEFAULT_MODEL) is resolve_model("smollm2")
+    assert spec is resolve_model(DEFAULT_MODEL) is resolve_model("smollm2") is resolve_model("embedded")
     assert (spec.kind, spec.parameters, spec.context_length) == ("embedded", 134_515_008, 8192)
     assert spec.runs_locally
 

@@ -78,7 +78,7 @@ EMBEDDED_SPEC = ModelSpec(
     "runs offline on a CPU",
     parameters=134_515_008,
     context_length=8192,
-    aliases=("smollm2", "smollm2-135m"),
+    aliases=("smollm2", "smollm2-135m", "embedded", "default"),
 )
 
 _NOVA_NOTE = "Amazon Nova; fine-tuned and served on SageMaker only"
