@@ -1,6 +1,7 @@
 """SFT step throughput: nbtoolkit's run_sft against plain TRL SFTTrainer, same rows and LoRA, one process.
 
     nice -n 10 .venv/bin/python benchmarks/sft_throughput.py --steps 4
+    nice -n 10 .venv/bin/python benchmarks/sft_throughput.py --steps 4 --full   # every weight, both sides
 
 Both train steps+1 optimizer steps of --batch rows; the first step of each is a warmup and is not counted.
 tokens/s counts prompt + answer tokens (no padding). TRL runs with its defaults (full-sequence loss, gradient
@@ -53,10 +54,10 @@ def load_rows(data: str | None, n_rows: int) -> tuple[list[list[dict]], str]:
 
 def run_ours(model: str, rows_file: Path, args: argparse.Namespace, work: Path, parallel: int = 1) -> dict:
     from nbtoolkit.runtime.events import RunLog, read_metrics
-    from nbtoolkit.training.config import SFTLoraConfig
+    from nbtoolkit.training.config import SFTFullConfig, SFTLoraConfig
     from nbtoolkit.training.sft import run_sft
 
-    config = SFTLoraConfig.for_platform(
+    config = (SFTFullConfig if args.full else SFTLoraConfig).for_platform(
         "local", lr=args.lr, max_steps=args.steps + 1, warmup_steps=0, save_steps=args.steps + 1, logging_steps=1,
         global_batch_size=args.batch, micro_batch_size=args.batch // parallel, parallel_micro_batches=parallel,
         max_prompt_tokens=args.max_prompt_tokens, max_length=args.max_length)
@@ -84,8 +85,9 @@ def run_trl(model: str, conversations: list[list[dict]], config, args: argparse.
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     network = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
+    lora = None if args.full else LoraConfig(
+        r=config.lora_r, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
     extra = {} if args.trl_bf16 else {"bf16": False}
     trl_args = SFTConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch,
                          max_steps=args.steps + 1, learning_rate=args.lr, max_length=args.max_length, **extra)
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=1024,
                         help="sequence limit of both trainers (TRL's default, so neither cuts the rows further)")
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--full", action="store_true",
+                        help="fine-tune every weight on both sides (the standard profile's method) instead of LoRA")
     parser.add_argument("--trl-bf16", action="store_true", help="keep TRL's bf16 default (slow without native bf16)")
     parser.add_argument("--parallel-micro-batches", type=int, default=2,
                         help="also time ours with the step split into this many micro batches computed side by "
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     conversations, source = load_rows(args.data, args.rows)
     conversations = [truncate_user_turns(m, tokenizer, args.max_prompt_tokens) for m in conversations]
     print(f"model {args.model}; {len(conversations)} rows from {source}; batch {args.batch}; "
-          f"{args.steps} measured steps after 1 warmup; torch threads {torch.get_num_threads()}", flush=True)
+          f"{args.steps} measured steps after 1 warmup; {'full fine-tuning' if args.full else 'LoRA'}; torch threads {torch.get_num_threads()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sft-bench-") as tmp:
         work = Path(tmp)
         rows_file = write_jsonl(({"messages": m} for m in conversations), work / "rows.jsonl")
