@@ -277,6 +277,7 @@ def test_lora_plus_gives_b_matrices_a_larger_learning_rate(tiny):
     assert rates and all(rate == pytest.approx(8e-3 if "lora_B" in name else 1e-3) for name, rate in rates.items())
     plain = make_optimizer(model, lora_config(lr=1e-3))
     assert {group["lr"] for group in plain.param_groups} == {1e-3}
+    assert optimizer.defaults["fused"] and plain.defaults["fused"]  # one kernel per step on a CPU
 
 
 def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tiny_dir, train_file, tmp_path):
