@@ -19,11 +19,10 @@ compute), `reward_lambda_arn` (RFT), `scorer` (eval: an evaluator/Lambda ARN or 
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbtoolkit.aws.validation import check_lambda_arn, check_s3_uri, parse_s3_uri
+from nbtoolkit.aws.validation import check_lambda_arn, check_s3_uri, launch_base_name, parse_s3_uri
 from nbtoolkit.runtime.local import Check, JobSpec, detect_format
 
 if TYPE_CHECKING:
@@ -203,7 +202,7 @@ def plan_nova(runtime: SageMakerRuntime, spec: JobSpec, run_id: str) -> tuple[li
     plan: dict[str, Any] = {
         "backend": {"serverless": "nova_serverless", "hyperpod": "hyperpod"}.get(mode, "nova"),
         "trainer": trainer, "training_type": training_type, "model": bedrock_model_id(model.name),
-        "model_name": model.name, "base_job_name": f"{spec.name}-{uuid.uuid4().hex[:4]}", "run_id": run_id,
+        "model_name": model.name, "base_job_name": launch_base_name(spec.name), "run_id": run_id,
         "role": runtime.role, "region": runtime.region, "compute": compute,
         "hyperparameters": nova_hyperparameters(spec) if config else {},
         "datasets": datasets, "uploads": uploads, "output_s3": runtime.s3_uri(run_id, "output")}

@@ -26,7 +26,6 @@ import tarfile
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from nbtoolkit.aws.validation import (
     check_region,
     check_role_arn,
     check_s3_uri,
+    launch_base_name,
 )
 from nbtoolkit.runtime.events import (
     COMPLETED,
@@ -373,8 +373,7 @@ class SageMakerRuntime:
             image = None
             checks.append(Check("image", False, f"no Hugging Face training image for region {self.region!r}: "
                                 f"{error}; pass image_uri="))
-        launch_id = uuid.uuid4().hex[:4]
-        plan = {"backend": "training_job", "base_job_name": f"{spec.name}-{launch_id}", "run_id": run_id,
+        plan = {"backend": "training_job", "base_job_name": launch_base_name(spec.name), "run_id": run_id,
                 "image": image, "role": self.role, "region": self.region, "instance_type": self.instance_type,
                 "instance_count": self.instance_count, "volume_size_gb": self.volume_size_gb,
                 "max_runtime_seconds": int(self.max_runtime_hours * 3600), "use_spot": self.use_spot,

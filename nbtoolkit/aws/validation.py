@@ -7,6 +7,7 @@ looks like. Nothing here talks to AWS.
 from __future__ import annotations
 
 import re
+import uuid
 from typing import NamedTuple
 
 ROLE_ARN = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso|-iso-b)?:iam::(?P<account>\d{12}):role/(?P<path>[\w+=,.@/-]*/)?"
@@ -24,6 +25,11 @@ JOB_NAME_MAX = 63
 TIMESTAMP_SUFFIX = 15
 LAUNCH_ID_SUFFIX = 5
 BASE_NAME_MAX = JOB_NAME_MAX - TIMESTAMP_SUFFIX - LAUNCH_ID_SUFFIX
+
+
+def launch_base_name(name: str) -> str:
+    """`name` plus a fresh 4-hex launch id (LAUNCH_ID_SUFFIX characters with the dash)."""
+    return f"{name}-{uuid.uuid4().hex[:LAUNCH_ID_SUFFIX - 1]}"
 
 
 class Accelerator(NamedTuple):
