@@ -167,7 +167,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="eval file: gen_qa/chat/converse JSONL, or CSV/JSON/Parquet")
     p.add_argument("--out", default="runs", help="directory that gets the job's run directory (default: runs)")
     p.add_argument("--labels", type=_labels, help="label set, e.g. HQ,LQ_EDIT,LQ_CLOSE (default: inferred)")
-    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--limit", type=int, help="score N rows, a stratified sample with a fixed seed (default: every row)")
     p.add_argument("--max-new-tokens", type=int, help="reply length limit")
     p.add_argument("--batch-size", type=int, help="generation batch size")
     p.add_argument("--max-prompt-tokens", type=int, help="user turn cut to this many tokens")

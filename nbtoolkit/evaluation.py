@@ -240,8 +240,8 @@ class EvalResult:
     def summary(self) -> str:
         """A few lines for people: headline metrics and, for label tasks, the confusion matrix."""
         m = self.metrics
-        lines = [f"{self.model or 'model'}: {m.get('n', 0)} samples, {m.get('samples_per_second', math.nan):.2f} "
-                 f"samples/s",
+        rows = self.extra.get("rows") or f"{int(m.get('n', 0))} rows"
+        lines = [f"{self.model or 'model'}: {rows}, {m.get('samples_per_second', math.nan):.2f} samples/s",
                  f"  exact match {m['exact_match']:.3f} ± {m['exact_match_stderr']:.3f} | quasi exact match "
                  f"{m['quasi_exact_match']:.3f} | F1 {m['f1_score']:.3f} | ROUGE-1 {m['rouge1']:.3f} | "
                  f"BLEU {m['bleu']:.2f} (lighteval<=0.10 legacy BLEU {m['bleu_lighteval_legacy']:.2f})"]
@@ -294,6 +294,28 @@ def _generate(loaded: LoadedModel, conversations: list[list[dict]], config: Eval
                             progress=progress, continuations=continuations, on_batch=report)
 
 
+def sample_rows(examples: Sequence[EvalExample], limit: int, labels: Sequence[str] | None, *, seed: int = 0
+                ) -> tuple[list[int], str]:
+    """Indices of the rows to score and how they were chosen: every row ("all"), or `limit` rows drawn with a
+    fixed seed, stratified by reference label when there is a label set ("stratified") else uniformly
+    ("random"). Never the first rows: a file sorted by label would be scored on its first classes only."""
+    n = len(examples)
+    if not limit or limit >= n:
+        return list(range(n)), "all"
+    from nbtoolkit.data.splits import stratified_order
+
+    truth = pd.Series([_reference_label(e.reference, labels) for e in examples]) if labels else None
+    order = stratified_order(truth, n, seed)
+    return sorted(int(i) for i in order[:limit]), "stratified" if labels else "random"
+
+
+def describe_rows(scored: int, total: int, sampling: str) -> str:
+    """'500 of 600 rows, stratified sample (fixed seed)' or 'all 600 rows'."""
+    if sampling == "all" or scored >= total:
+        return f"all {total:,} rows"
+    return f"{scored:,} of {total:,} rows, {sampling} sample (fixed seed)"
+
+
 def evaluate(
     loaded_or_model_path: LoadedModel | str | os.PathLike,
     data_file_or_records: str | os.PathLike | Sequence[dict] | pd.DataFrame,
@@ -315,13 +337,15 @@ def evaluate(
     loaded = loaded_or_model_path if isinstance(loaded_or_model_path, LoadedModel) else load_model(
         loaded_or_model_path)
     examples = load_eval_examples(data_file_or_records)
-    if config.limit:
-        examples = examples[:config.limit]
+    labels = list(labels) if labels is not None else infer_labels([e.reference for e in examples])
+    rows, sampling = sample_rows(examples, config.limit, labels, seed=config.seed)
+    rows_total = len(examples)
+    examples = [examples[i] for i in rows]
     references = [e.reference for e in examples]
-    labels = list(labels) if labels is not None else infer_labels(references)
     if log is not None:
-        log.info(f"evaluating {loaded.spec.name} on {len(examples)} rows (labels: {labels or 'free text'}, "
-                 f"max_new_tokens {config.max_new_tokens}, batch {config.batch_size})")
+        log.info(f"evaluating {loaded.spec.name} on {describe_rows(len(examples), rows_total, sampling)} "
+                 f"(labels: {labels or 'free text'}, max_new_tokens {config.max_new_tokens}, "
+                 f"batch {config.batch_size})")
 
     started = time.perf_counter()
     conversations = [e.conversation for e in examples]
@@ -331,7 +355,7 @@ def evaluate(
     seconds = time.perf_counter() - started
     replies = [g.text for g in generations]
 
-    metrics: dict[str, float] = {"n": len(examples)}
+    metrics: dict[str, float] = {"n": len(examples), "rows_total": rows_total}
     metrics.update(gen_qa_metrics(replies, references))
     metrics.update(response_length_metrics(replies, [g.n_tokens for g in generations]))
     metrics["hit_max_new_tokens"] = sum(g.truncated for g in generations)
@@ -339,7 +363,7 @@ def evaluate(
     metrics["samples_per_second"] = len(examples) / seconds if seconds else math.nan
 
     predictions = pd.DataFrame({
-        "row": range(len(examples)),
+        "row": rows,
         "query": [_excerpt(e.query) for e in examples],
         "reference": references,
         "reply": replies,
@@ -366,7 +390,8 @@ def evaluate(
             predictions["loglik_label"] = best
             predictions["loglik_correct"] = [b == t for b, t in zip(best, truth)]
 
-    result = EvalResult(metrics, predictions, confusion, per_class, config, labels, loaded.spec.name)
+    result = EvalResult(metrics, predictions, confusion, per_class, config, labels, loaded.spec.name,
+                        {"sampling": sampling, "rows": describe_rows(len(examples), rows_total, sampling)})
     if log is not None:
         log.metric(phase="eval", **{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         log.info(result.summary())
@@ -385,4 +410,6 @@ __all__ = [
     "label_continuations",
     "label_logprobs",
     "load_eval_examples",
+    "sample_rows",
+    "describe_rows",
 ]

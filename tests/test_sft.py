@@ -432,3 +432,73 @@ def test_loss_mode_check_is_not_fooled_by_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as the trainer runs on such a CPU
         mode = _exact_loss_mode(loaded.model, examples, loaded.pad_token_id, "cpu")
     assert mode == _LossMode(True, True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoint choice on validation
+
+
+def _scripted_validation(monkeypatch, scores: list[float]) -> list[int]:
+    """Replace the validation scorer by one returning `scores` in turn; returns the steps it was asked at."""
+    calls: list[int] = []
+
+    def fake(loaded, validation, **kwargs):
+        calls.append(len(calls))
+        return {"exact_match": scores[len(calls) - 1], "exact_match_stderr": 0.0, "rows": len(validation.truth),
+                "seconds": 0.0}
+
+    monkeypatch.setattr(sft, "validation_accuracy", fake)
+    return calls
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("scores, expected_step", [([0.2, 0.6, 0.4, 0.5], 2), ([0.2, 0.3, 0.3, 0.3], 4)])
+def test_run_ends_on_the_step_with_the_best_validation_score(scores, expected_step, tiny_dir, train_file, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.setattr(sft, "KEEP_CHECKPOINTS", 10)
+    _scripted_validation(monkeypatch, scores)
+    validation = write_rows(tmp_path / "validation.jsonl", chat_rows(12, seed=9))
+    run_dir = tmp_path / "run"
+    result = train(full_config(save_steps=1), tiny_dir, train_file, run_dir, labels=list(set(LABEL_OF_WORD.values())),
+                   validation_file=validation, validate_from=0.0)
+
+    selection = result["selection"]
+    assert selection["selected_step"] == expected_step and selection["split"] == "validation"
+    assert selection["by_step"] == {str(step): score for step, score in enumerate(scores, 1)}
+    exported = _weights(run_dir / "model" / "model.safetensors")
+    chosen = _weights(run_dir / "checkpoints" / f"step-{expected_step}" / "model.safetensors")
+    last = _weights(run_dir / "checkpoints" / "step-4" / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(exported[name], chosen[name])
+    if expected_step != 4:
+        assert not torch.equal(exported[name], last[name])
+    rows = [row for row in read_metrics(run_dir) if "validation_exact_match" in row]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+
+
+def test_early_stopping_on_validation(tiny_dir, train_file, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [0.5, 0.4, 0.3, 0.2])
+    validation = write_rows(tmp_path / "validation.jsonl", chat_rows(12, seed=9))
+    result = train(full_config(save_steps=1), tiny_dir, train_file, tmp_path / "run", labels=["HQ", "LQ_EDIT", "LQ_CLOSE"],
+                   validation_file=validation, validate_from=0.0, early_stopping_patience=2)
+    assert result["steps"] == 3 and result["selection"]["selected_step"] == 1
+
+
+def test_validation_accuracy_scores_greedy_replies(tiny, tmp_path):
+    from nbtoolkit.training.selection import load_validation_set, validation_accuracy
+
+    rows = chat_rows(30, seed=4)
+    validation = load_validation_set(write_rows(tmp_path / "v.jsonl", rows), ["HQ", "LQ_EDIT", "LQ_CLOSE"],
+                                     limit=12)
+    assert len(validation.truth) == 12 and validation.rows_total == 30 and validation.sampling == "stratified"
+    assert sorted(validation.truth).count("HQ") in (3, 4, 5)
+    replies = generate_replies(tiny, validation.conversations, max_new_tokens=4, max_prompt_tokens=None,
+                               progress=False)
+    expected = sum(r.text == t for r, t in zip(replies, validation.truth)) / 12
+    score = validation_accuracy(tiny, validation)
+    assert score["rows"] == 12 and score["exact_match"] == pytest.approx(expected)

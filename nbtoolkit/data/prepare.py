@@ -27,6 +27,7 @@ from nbtoolkit.errors import DataError, unknown_name_message
 SPLIT_FORMATS: dict[str, tuple[str, ...]] = {
     "sft": ("converse", "chat"),
     "eval": ("gen_qa", "chat"),
+    "validation": ("gen_qa", "chat"),
     "rft": ("rft", "chat"),
     "all": ("converse", "rft", "gen_qa", "chat"),
 }

@@ -12,16 +12,34 @@ from nbtoolkit.errors import DataError, unknown_name_message
 
 @dataclass(frozen=True)
 class SplitPreset:
-    """Disjoint split sizes (row counts) plus derived splits built as unions of them."""
+    """Disjoint split sizes plus derived splits built as unions of them.
+
+    A size is a row count, a (fraction, cap) pair (that share of the rows, at most cap rows, at least one), or
+    None for every row the other splits leave (at most one split).
+    """
 
     name: str
-    sizes: dict[str, int]
+    sizes: dict[str, int | tuple[float, int] | None]
     unions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     description: str = ""
 
     @property
     def total(self) -> int:
-        return sum(self.sizes.values())
+        return sum(v for v in self.sizes.values() if isinstance(v, int))
+
+    def counts(self, n_rows: int, *, scale_to_fit: bool = False) -> dict[str, int]:
+        """Row counts of each split for a table of n_rows rows."""
+        if all(isinstance(v, int) for v in self.sizes.values()):
+            return scale_sizes(self.sizes, n_rows) if scale_to_fit else dict(self.sizes)
+        counts = {name: (size if isinstance(size, int) else max(1, min(size[1], round(size[0] * n_rows))))
+                  for name, size in self.sizes.items() if size is not None}
+        rest = [name for name, size in self.sizes.items() if size is None]
+        left = n_rows - sum(counts.values())
+        if left < len(rest):
+            raise DataError(f"{n_rows} rows are too few for the {self.name} splits "
+                            f"({', '.join(f'{k} {v}' for k, v in counts.items())}, and rows left for {rest})")
+        counts.update({name: left for name in rest})
+        return {name: counts[name] for name in self.sizes}
 
 
 SPLIT_PRESETS: dict[str, SplitPreset] = {
@@ -31,6 +49,20 @@ SPLIT_PRESETS: dict[str, SplitPreset] = {
         # RFT trains on its own rows plus every SFT row, so it keeps what SFT taught (seed 003).
         unions={"rft": ("rft", "sft")},
         description="3,500 SFT / 500 eval / 700 RFT; the RFT set is the 700 RFT rows plus all 3,500 SFT rows",
+    ),
+    # Every choice (checkpoint, whether RFT's result is kept) is made on `validation`; `eval` is scored once.
+    # RFT trains on prompts SFT never saw: on rows SFT has fit, nearly every sampled reply earns the same reward.
+    "holdout": SplitPreset(
+        "holdout",
+        sizes={"validation": (0.1, 300), "rft": (0.12, 700), "eval": (0.1, 500), "sft": None},
+        description="eval 10% (at most 500 rows), validation 10% (at most 300), RFT prompts 12% (at most 700), "
+                    "SFT the rest; RFT prompts are rows SFT never trains on",
+    ),
+    # For a training file whose evaluation file is separate.
+    "train-holdout": SplitPreset(
+        "train-holdout",
+        sizes={"validation": (0.1, 300), "rft": (0.12, 700), "sft": None},
+        description="validation 10% (at most 300 rows), RFT prompts 12% (at most 700), SFT the rest",
     ),
 }
 
@@ -128,7 +160,7 @@ def split_with_preset(
         if preset not in SPLIT_PRESETS:
             raise ValueError(unknown_name_message("split preset", preset, SPLIT_PRESETS))
         preset = SPLIT_PRESETS[preset]
-    sizes = scale_sizes(preset.sizes, len(frame)) if scale_to_fit else preset.sizes
+    sizes = preset.counts(len(frame), scale_to_fit=scale_to_fit)
     return split_frame(frame, sizes, label_column=label_column, seed=seed, unions=preset.unions)
 
 

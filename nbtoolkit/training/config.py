@@ -290,8 +290,10 @@ class EvalConfig(MethodConfig):
     max_new_tokens: int = field(default=16, metadata=_help("reply length limit (short for label tasks)"))
     batch_size: int = field(default=16, metadata=_help("generation batch size"))
     max_prompt_tokens: int = field(default=192, metadata=_help("user turn cut to this many tokens"))
-    limit: int = field(default=0, metadata=_help("score only the first N rows (0: all)"))
+    limit: int = field(default=0, metadata=_help(
+        "score N rows drawn with a fixed seed, stratified by label when there is a label set (0: every row)"))
     loglik: bool = field(default=True, metadata=_help("also score label log-likelihood accuracy"))
+    seed: int = field(default=0, metadata=_help("seed of the sample drawn when limit is set"))
 
     METHOD: ClassVar[str] = "eval"
     DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {"local": {}, "nova": {"max_new_tokens": 50}}

@@ -13,6 +13,7 @@ the end adapter/ (LoRA only) and model/ (merged weights + tokenizer, loadable wi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,13 @@ from nbtoolkit.generation import shared_prefix_length as token_prefix_length
 from nbtoolkit.models import answer_terminator_ids, load_model
 from nbtoolkit.runtime.events import METRICS_FILE, RunLog, write_json_atomic
 from nbtoolkit.training.config import SFTFullConfig, SFTLoraConfig
+from nbtoolkit.training.selection import (
+    SELECTION_METRIC,
+    VALIDATION_ROWS,
+    BestWeights,
+    load_validation_set,
+    validation_accuracy,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -419,6 +427,7 @@ class _Progress:
     eval_loss: float | None = None
     eval_step: int | None = None
     config: dict | None = None
+    best: dict | None = None  # BestWeights.state(): the best validation score so far and its step
 
 
 @contextlib.contextmanager
@@ -573,6 +582,11 @@ def run_sft(
     stop_event: StopFlag | None = None,
     mix: dict | None = None,
     general_data: dict[str, str] | None = None,
+    labels: Sequence[str] | None = None,
+    validation_file: str | os.PathLike | None = None,
+    validation_rows: int = VALIDATION_ROWS,
+    validate_from: float = 0.5,
+    early_stopping_patience: int = 0,
 ) -> dict[str, Any]:
     """Fine-tune `model` (a name, Hugging Face id or directory) on the chat rows of `train_file`.
 
@@ -581,7 +595,12 @@ def run_sft(
     stop_event is checked between steps: a set event saves a checkpoint and returns status "stopped".
     mix (MixConfig.to_dict()) with general_data ({category: chat JSONL}) mixes general rows into every batch at
     the mix's exact shares (nbtoolkit.mixing) and records the realized mix in run_dir/mix.json.
-    Returns a summary (status, steps, final_loss, eval_loss, train_seconds, tokens_per_second, peak_rss_mb, paths).
+    validation_file with labels makes the run end on its best checkpoint: from validate_from x max_steps on, at
+    every save step and at the end, greedy replies to validation_rows validation rows (a fixed stratified sample)
+    are scored, and the exported model is the step with the best exact match (ties: the later step).
+    early_stopping_patience > 0 stops after that many checks in a row without a better score.
+    Returns a summary (status, steps, final_loss, eval_loss, train_seconds, tokens_per_second, peak_rss_mb,
+    selection, paths).
     """
     lora = _is_lora(config)
     run_dir = Path(run_dir)
@@ -621,6 +640,14 @@ def run_sft(
         mixed.record(run_dir, 0, planned_steps=config.max_steps)
         log.info(f"mixing: {mixed.mix}")
 
+    validation = None
+    if validation_file is not None and labels:
+        validation = load_validation_set(validation_file, labels, limit=validation_rows, seed=config.seed)
+        log.info(f"checkpoint choice on validation: exact match on {validation.describe()}, at every save step "
+                 f"from step {_first_validated_step(config, validate_from)} and at the end")
+    elif validation_file is not None:
+        log.warning("validation_file given without a label set: the run ends on its last step")
+
     torch.manual_seed(config.seed)  # LoRA initialisation
     net = _with_adapters(loaded.model, config) if lora else loaded.model
     if not lora:
@@ -656,6 +683,23 @@ def run_sft(
     window = {"steps": 0, "loss": 0.0, "tokens": 0, "seconds": 0.0}
     status = "completed"
     saved_step = progress.step if checkpoint is not None and resume else None
+    best = BestWeights.from_state(run_dir, progress.best)
+    loaded_net = dataclasses.replace(loaded, model=net)
+    stale_checks = 0
+
+    def check_validation(step: int) -> bool:
+        """Score the validation set now; True when the run should stop early."""
+        nonlocal stale_checks
+        score = validation_accuracy(loaded_net, validation, batch_size=config.micro_batch_size,
+                                    max_prompt_tokens=config.max_prompt_tokens)
+        improved = best.offer(net, step, score["exact_match"])
+        progress.best = best.state()
+        stale_checks = 0 if improved else stale_checks + 1
+        log.metric(step=step, validation_exact_match=score["exact_match"],
+                   validation_exact_match_stderr=score["exact_match_stderr"], validation_rows=score["rows"])
+        log.info(f"validation exact match {score['exact_match']:.3f} ± {score['exact_match_stderr']:.3f} at step "
+                 f"{step} ({score['seconds']:.0f} s){' - best so far' if improved else ''}")
+        return bool(early_stopping_patience) and stale_checks >= early_stopping_patience
     with _micro_batch_workers(config.parallel_micro_batches, device) as workers:
         while progress.step < config.max_steps:
             if stop_event is not None and stop_event.is_set():
@@ -685,12 +729,18 @@ def run_sft(
                          f"{window['seconds'] / window['steps']:.2f} s/step")
                 window = {"steps": 0, "loss": 0.0, "tokens": 0, "seconds": 0.0}
             log.progress(step, config.max_steps)
+            stop_early = False
             if step % config.save_steps == 0:
                 if evals:
                     _record_eval(net, evals, config, pad_id, device, plan, mode, progress, log)
+                if validation is not None and step >= _first_validated_step(config, validate_from):
+                    stop_early = check_validation(step)
                 _save_checkpoint(run_dir, net, optimizer, scheduler, progress, lora)
                 saved_step = step
                 log.info(f"checkpoint {CHECKPOINT_PREFIX}{step} saved")
+            if stop_early:
+                log.info(f"early stop at step {step}: no better validation score in {stale_checks} checks")
+                break
 
     if mixed is not None:
         mixed.record(run_dir, progress.step, planned_steps=config.max_steps)
@@ -703,6 +753,12 @@ def run_sft(
     else:
         if evals and progress.eval_step != progress.step:
             _record_eval(net, evals, config, pad_id, device, plan, mode, progress, log)
+        if validation is not None and str(progress.step) not in best.history:
+            check_validation(progress.step)
+        if validation is not None and best.step is not None and best.step != progress.step:
+            best.restore(net)
+            log.info(f"ending on step {best.step}: its validation exact match {best.score:.3f} beats the last "
+                     f"step's {best.history[str(progress.step)]:.3f}")
         paths.update(_export(net, tokenizer, run_dir, lora))
         log.info(f"done: {progress.step} steps in {progress.train_seconds:.0f} s; model saved to {paths['model']}")
     last = latest_checkpoint(run_dir)
@@ -720,8 +776,16 @@ def run_sft(
         "tokens_per_second": progress.tokens / progress.train_seconds if progress.train_seconds else None,
         "peak_rss_mb": _peak_rss_mb(),
         "mix": mixed.summary(progress.step) if mixed is not None else None,
+        "selection": None if validation is None else {
+            "metric": SELECTION_METRIC, "split": "validation", "rows": len(validation.truth),
+            "rows_total": validation.rows_total, "selected_step": best.step, "selected_score": best.score,
+            "by_step": best.history},
         "paths": paths,
     }
+
+
+def _first_validated_step(config: SFTLoraConfig | SFTFullConfig, validate_from: float) -> int:
+    return max(1, math.ceil(validate_from * config.max_steps))
 
 
 @contextlib.contextmanager
