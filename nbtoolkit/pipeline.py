@@ -42,6 +42,9 @@ class Profile:
     # held-out rehearsal prompts ("probe_prompts")
     general: dict[str, Any] = field(default_factory=dict)
     sft_method: str = "sft_lora"  # or "sft_full"
+    # validation checks: rows scored ("rows", a fixed stratified sample) and from which fraction of the SFT
+    # steps on its save steps are checked ("from")
+    validation: dict[str, Any] = field(default_factory=lambda: {"rows": 300, "from": 0.5})
 
 
 PROFILES: dict[str, Profile] = {
@@ -55,7 +58,8 @@ PROFILES: dict[str, Profile] = {
              "number_generation": 2, "save_steps": 2, "max_new_tokens": 4, "max_prompt_tokens": 48,
              "max_length": 640},
         # no retention probe by default: a random model cannot answer the rehearsal prompts
-        general={"checks": (), "limit": 8, "probe_prompts": 4, "batch_size": 8}),
+        general={"checks": (), "limit": 8, "probe_prompts": 4, "batch_size": 8},
+        validation={"rows": 8, "from": 0.5}),
     "quick": Profile(
         "quick", "the embedded model, a short SFT and a few GRPO steps: the whole workflow in about 15 minutes",
         "smollm2-135m-instruct", 1500,
@@ -66,14 +70,15 @@ PROFILES: dict[str, Profile] = {
         # GRPO forward passes of 2 completions: peak RSS 2.8 GB over a quick run (4 completions per pass: 4.4 GB)
         rft={"max_steps": 3, "warmup_steps": 0, "global_batch_size": 8, "micro_batch_size": 2, "save_steps": 3,
              "max_new_tokens": 8, "max_prompt_tokens": 128, "max_length": 320},
-        general={"checks": (RETENTION,), "limit": 100, "probe_prompts": 16}),
+        general={"checks": (RETENTION,), "limit": 100, "probe_prompts": 16},
+        validation={"rows": 60, "from": 0.5}),
     # Calibrated on the real Stack Overflow data (seed 003 split, 500 held-out rows, 360 steps of 8 rows): full
     # fine-tuning at lr 5e-5 reached 0.900 exact match, LoRA r16 at lr 5e-4 0.850 (and at lr 2e-4 for 300 steps,
     # 0.836); full fine-tuning's steps cost about 15% more.
     "standard": Profile(
         "standard", "the embedded model, 360 full fine-tuning steps and 20 GRPO steps: about 30-40 minutes of SFT "
         "on 2 cores", "smollm2-135m-instruct", 1500,
-        eval={"limit": 500},
+        eval={},
         sft={"lr": 5e-5, "max_steps": 360, "warmup_steps": 25, "save_steps": 60},
         rft={"max_steps": 20, "save_steps": 10},
         general={"checks": (RETENTION,), "limit": 500, "probe_prompts": None}, sft_method="sft_full"),
@@ -115,31 +120,37 @@ class PipelineConfig:
 
 @dataclass
 class PipelineData:
-    """The files the stages read."""
+    """The files the stages read: SFT rows, RFT prompts SFT never sees, the validation rows every choice is made
+    on, and the evaluation rows that are only ever reported."""
 
     sft_file: Path
     rft_file: Path
     eval_file: Path
     labels: tuple[str, ...] | None
     notes: list[str]
+    validation_file: Path | None = None
 
 
 def _prepare(config: PipelineConfig, profile: Profile, out: Path, log: Callable[[str], None]) -> PipelineData:
     notes: list[str] = []
-    base = PrepareConfig(mapping=config.mapping, labels=config.labels, seed=config.seed)
+    base = PrepareConfig(mapping=config.mapping, labels=config.labels, seed=config.seed, split="holdout")
     if config.train is not None:
-        single = PrepareConfig(**{**asdict(base), "mapping": config.mapping, "split": None})
-        train = _checked(prepare_dataset(config.train, single, out_dir=out / "data" / "train"), out, log)
-        evaluation = _checked(prepare_dataset(config.eval, single, out_dir=out / "data" / "eval"), out, log)
-        return PipelineData(out / "data/train/all/chat.jsonl", out / "data/train/all/rft.jsonl",
-                            out / "data/eval/all/chat.jsonl", train.labels or evaluation.labels, notes)
+        train_split = PrepareConfig(**{**asdict(base), "mapping": config.mapping, "split": "train-holdout"})
+        train = _checked(prepare_dataset(config.train, train_split, out_dir=out / "data" / "train"), out, log)
+        whole = PrepareConfig(**{**asdict(base), "mapping": config.mapping, "labels": train.labels, "split": None})
+        evaluation = _checked(prepare_dataset(config.eval, whole, out_dir=out / "data" / "eval"), out, log)
+        notes.append(f"Evaluation: every row of {config.eval} unless the profile limits it; validation and RFT "
+                     f"prompts carved from {config.train}")
+        return PipelineData(out / "data/train/sft/chat.jsonl", out / "data/train/rft/rft.jsonl",
+                            out / "data/eval/all/chat.jsonl", train.labels or evaluation.labels, notes,
+                            out / "data/train/validation/chat.jsonl")
     data: Any = config.data
     if data is None:
         data = make_stackoverflow_dataset(profile.synthetic_rows, seed=config.seed)
         notes.append(f"Data: {profile.synthetic_rows:,} rows of {SYNTHETIC_NOTE}")
     prepared = _checked(prepare_dataset(data, base, out_dir=out / "data"), out, log)
     return PipelineData(out / "data/sft/chat.jsonl", out / "data/rft/rft.jsonl", out / "data/eval/chat.jsonl",
-                        prepared.labels, notes)
+                        prepared.labels, notes, out / "data/validation/chat.jsonl")
 
 
 def _checked(prepared: PreparedData, out: Path, log: Callable[[str], None]) -> PreparedData:
@@ -185,10 +196,17 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
     data = _prepare(config, profile, out, log)
     model = _model(config, profile, out)
     runtime = LocalRuntime(out / "jobs")
-    eval_config = EvalConfig.for_platform("local", **profile.eval)
+    eval_config = EvalConfig.for_platform("local", **{"seed": config.seed, **profile.eval})
+    validation_config = EvalConfig.for_platform("local", **{**profile.eval, "seed": config.seed, "loglik": False,
+                                                            "limit": profile.validation["rows"]})
     summary: dict[str, Any] = {"profile": profile.name, "model": model, "stages": {}, "jobs": {}, "deltas": {},
                                "general": {}, "general_errors": {}, "labels": list(data.labels or []),
-                               "notes": data.notes}
+                               "notes": data.notes,
+                               "evaluation": {"split": "eval", "file": str(data.eval_file),
+                                              "use": "reported only: no choice is made on these rows"},
+                               "validation": {}, "selection": {}, "final_stage": None}
+    if data.validation_file is not None:
+        summary["evaluation"]["validation_file"] = str(data.validation_file)
     results: dict[str, EvalResult] = {}
     curves: dict[str, tuple[pd.DataFrame, str]] = {}
 
@@ -204,15 +222,32 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
                        labels=data.labels, name=f"eval-{stage}")
         job, _ = run_job(spec, f"{stage} eval")
         results[stage] = EvalResult.load(job.run_dir / "eval")
-        summary["stages"][stage] = _headline(results[stage].metrics)
+        summary["stages"][stage] = {**_headline(results[stage].metrics), "split": "eval",
+                                    "rows": results[stage].extra.get("rows")}
         previous = list(summary["stages"])[-2] if len(summary["stages"]) > 1 else None
         if previous:
             summary["deltas"][stage] = {k: v - summary["stages"][previous][k]
                                         for k, v in summary["stages"][stage].items()
-                                        if isinstance(v, (int, float)) and k in summary["stages"][previous]}
+                                        if isinstance(v, (int, float)) and k in summary["stages"][previous]
+                                        and not k.endswith("_stderr") and k not in ("n", "rows_total")}
+            summary["deltas"][stage].update(paired_exact_match_delta(results[previous], results[stage]))
         log(results[stage].summary())
         _write_outputs(out, summary, results, curves, eval_config)
         check_general(stage, stage_model)
+
+    def validate_stage(stage: str, stage_model: str) -> float:
+        """Exact match on the validation rows (the same fixed sample the SFT job checks), kept in stages.json."""
+        spec = JobSpec("eval", validation_config, model=stage_model, eval_file=str(data.validation_file),
+                       labels=data.labels, name=f"validate-{stage}")
+        job, _ = run_job(spec, f"{stage} validation")
+        metrics = EvalResult.load(job.run_dir / "eval").metrics
+        summary["validation"][stage] = {"exact_match": metrics["exact_match"],
+                                        "exact_match_stderr": metrics["exact_match_stderr"], "rows": metrics["n"],
+                                        "split": "validation"}
+        log(f"[{stage} validation] exact match {metrics['exact_match']:.3f} ± {metrics['exact_match_stderr']:.3f} "
+            f"on {metrics['n']} validation rows")
+        _write_outputs(out, summary, results, curves, eval_config)
+        return metrics["exact_match"]
 
     def check_general(stage: str, stage_model: str) -> None:
         extra = _general_job_extra(general_checks, profile, config.seed, base_model=None if stage == "baseline"
@@ -236,19 +271,49 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
         if "baseline" in config.stages:
             evaluate_stage("baseline", model)
         current = model
+        summary["final_stage"] = "baseline" if "baseline" in config.stages else None
         if "sft" in config.stages:
             sft_config = CONFIGS[profile.sft_method].for_platform("local", seed=config.seed, **profile.sft)
-            job, _ = run_job(JobSpec(profile.sft_method, sft_config, model=model, train_file=str(data.sft_file),
-                                     eval_file=str(data.eval_file), labels=data.labels, name="sft"), "sft")
+            extra = {}
+            if data.validation_file is not None and data.labels:
+                extra = {"validation_file": str(data.validation_file), "validation_rows": profile.validation["rows"],
+                         "validate_from": profile.validation["from"]}
+            # The eval loss curve uses validation rows too: the evaluation rows stay unseen until the stage eval.
+            job, result = run_job(JobSpec(profile.sft_method, sft_config, model=model, train_file=str(data.sft_file),
+                                          eval_file=str(data.validation_file or data.sft_file), labels=data.labels,
+                                          name="sft", extra=extra), "sft")
             curves["SFT loss"] = (job.metrics(), "loss")
             current = str(job.run_dir)
+            selection = (result.output or {}).get("selection")
+            if selection:
+                summary["selection"]["sft"] = selection
+                log(f"[sft] checkpoint chosen on validation: step {selection['selected_step']} (exact match "
+                    f"{selection['selected_score']:.3f}; by step {selection['by_step']})")
+            summary["final_stage"] = "sft"
             evaluate_stage("sft", current)
         if "rft" in config.stages:
             rft_config = RFTLoraConfig.for_platform("local", seed=config.seed, **profile.rft)
             job, _ = run_job(JobSpec("rft_lora", rft_config, model=current, train_file=str(data.rft_file),
                                      labels=data.labels, name="rft"), "rft")
             curves["RFT reward"] = (job.metrics(), "reward_mean")
-            evaluate_stage("rft", str(job.run_dir))
+            rft_model = str(job.run_dir)
+            kept = True
+            if data.validation_file is not None:
+                before = summary["selection"].get("sft", {}).get("selected_score")
+                if before is None:
+                    before = validate_stage("sft", current)
+                else:
+                    summary["validation"]["sft"] = {"exact_match": before, "rows": profile.validation["rows"],
+                                                    "split": "validation", "from": "the SFT job's checkpoint check"}
+                after = validate_stage("rft", rft_model)
+                kept = after >= before
+                summary["selection"]["rft"] = {
+                    "kept": kept, "split": "validation", "validation_before": before, "validation_after": after,
+                    "reason": (f"validation exact match {after:.3f} after RFT vs {before:.3f} before: "
+                               + ("RFT's model is kept" if kept else "RFT lowered it, the SFT model is kept"))}
+                log(f"[rft] {summary['selection']['rft']['reason']}")
+            summary["final_stage"] = "rft" if kept else summary["final_stage"]
+            evaluate_stage("rft", rft_model)
     finally:
         summary["seconds"] = round(time.perf_counter() - started, 1)
         _write_outputs(out, summary, results, curves, eval_config)
@@ -304,7 +369,22 @@ def _config_dict(config: PipelineConfig) -> dict[str, Any]:
 
 # Headline metrics carried into stages.json and the report (the full set stays in each eval directory).
 HEADLINE = ("exact_match", "quasi_exact_match", "label_accuracy", "macro_f1", "no_valid_prediction", "rouge1",
-            "f1_score", "loglik_accuracy", "reply_tokens_mean", "hit_max_new_tokens", "samples_per_second", "n")
+            "f1_score", "loglik_accuracy", "reply_tokens_mean", "hit_max_new_tokens", "samples_per_second", "n",
+            "rows_total")
+
+
+def paired_exact_match_delta(before: Any, after: Any) -> dict[str, float]:
+    """Exact-match change between two evaluations of the same rows, with the standard error of the per-row
+    differences (paired: much tighter than the two stderrs combined); {} when the rows differ."""
+    from nbtoolkit.metrics import exact_match, mean_and_stderr
+
+    a, b = before.predictions, after.predictions
+    if len(a) != len(b) or list(a["row"]) != list(b["row"]):
+        return {}
+    diffs = [float(exact_match(rb, ref)) - float(exact_match(ra, ref))
+             for ra, rb, ref in zip(a["reply"], b["reply"], a["reference"])]
+    mean, stderr = mean_and_stderr(diffs)
+    return {"exact_match_paired": mean, "exact_match_paired_stderr": stderr}
 
 
 def _headline(metrics: dict[str, float]) -> dict[str, float]:
