@@ -39,7 +39,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id", help="row id column (RFT)")
     p.add_argument("--metadata", action="append", help="extra columns carried along (RFT, eval)")
     p.add_argument("--labels", type=_labels, help="declared label set, e.g. HQ,LQ_EDIT,LQ_CLOSE")
-    p.add_argument("--split", default="seed-003", help="split preset, or 'none' (default: seed-003)")
+    p.add_argument("--split", default="holdout", help="split preset, or 'none' (default: holdout: sft, validation, "
+                   "unseen rft prompts, eval)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-scale", action="store_true", help="fail instead of shrinking the preset to fit the data")
     p.add_argument("--reserved", default="rewrite", choices=["rewrite", "drop", "reject"],

@@ -34,6 +34,7 @@ SWEEP_FILE = "sweep.json"
 MIX_KEY = "customer_data_percent"
 ALIASES = {"steps": "max_steps", "lora_alpha": "alpha", "learning_rate": "lr"}
 PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
+VALIDATION_PREFIX = "validation_"
 PER_JOB_GB = 3.0  # peak memory of one local training job with the embedded model (README: under 4 GB)
 
 
@@ -107,6 +108,7 @@ class Sweep:
     def __init__(self, base: Any, grid: Mapping[str, Sequence[Any]], *, out_dir: str | os.PathLike,
                  runtime: Any = None, mix: Any = None, general_files: Mapping[str, str] | None = None,
                  eval_file: str | os.PathLike | None = None, eval_config: Any = None,
+                 validation_file: str | os.PathLike | None = None,
                  general: Mapping[str, Any] | None = None, baseline: bool = True, max_parallel: int | str = 1,
                  domain_metric: str | None = None, model_of: Callable[[Any], str] = _local_model_of,
                  poll: float = 1.0) -> None:
@@ -121,6 +123,11 @@ class Sweep:
         self.general_files = dict(general_files or base.extra.get("general_data") or {})
         self.mix = self._base_mix(mix)
         self.eval_file = str(eval_file) if eval_file is not None else None
+        self.validation_file = str(validation_file) if validation_file is not None else None
+        if self.eval_file is not None and self.validation_file is None:
+            warnings.warn("the best run and the Pareto front are chosen on eval_file: pass validation_file= (rows "
+                          "carved from the training data) so the evaluation rows stay unseen by every choice",
+                          UserWarning, stacklevel=2)
         self.eval_config = eval_config
         self.general = dict(general) if general is not None else None
         if self.general is not None:
@@ -134,6 +141,8 @@ class Sweep:
                     raise ValueError(unknown_name_message("general evaluation setting", key, sorted(known)))
         self.baseline = baseline
         self.domain_metric = domain_metric or ("label_accuracy" if base.labels else "exact_match")
+        # what best() and the Pareto front rank by: the validation score when there is one
+        self.choice_metric = f"{VALIDATION_PREFIX}{self.domain_metric}" if self.validation_file else self.domain_metric
         self.model_of = model_of
         self.poll = poll
         self.points = [{"index": i, "params": params, "state": PENDING, "jobs": {}, "metrics": {}, "advice": [],
@@ -206,10 +215,11 @@ class Sweep:
         """One job evaluating `model`: the domain eval_file and the general benchmarks, one model load."""
         from nbtoolkit.runtime import JobSpec
 
-        if self.eval_file is None and self.general is None:
+        if self.eval_file is None and self.validation_file is None and self.general is None:
             return None
         return JobSpec(POINT_EVAL_KIND, self.eval_config, model=model, eval_file=self.eval_file,
-                       labels=self.base.labels, name=name, extra={"general": self.general})
+                       labels=self.base.labels, name=name,
+                       extra={"general": self.general, "validation_file": self.validation_file})
 
     # -- running ------------------------------------------------------------------------------------------------
 
@@ -311,7 +321,8 @@ class Sweep:
             return
         job, result = self._wait_job(key, spec)
         metrics = result.output.get("metrics", {})
-        kept = (self.domain_metric, f"{self.domain_metric}_stderr", "exact_match", "label_accuracy", "macro_f1")
+        kept = (self.domain_metric, f"{self.domain_metric}_stderr", "exact_match", "label_accuracy", "macro_f1",
+                self.choice_metric, f"{self.choice_metric}_stderr")
         self._update(record, jobs={"eval": str(getattr(job, "run_dir", ""))},
                      metrics={k: v for k, v in metrics.items()
                               if k in kept or k.endswith(("_accuracy", "_accuracy_stderr")) or k.startswith("retention_")})
@@ -373,7 +384,8 @@ class Sweep:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.out_dir / SWEEP_FILE, {
                 "base": self.base.to_dict(), "grid": self.grid, "mix": self.mix.to_dict() if self.mix else None,
-                "domain_metric": self.domain_metric, "eval_file": self.eval_file, "general": self.general,
+                "domain_metric": self.domain_metric, "choice_metric": self.choice_metric,
+                "eval_file": self.eval_file, "validation_file": self.validation_file, "general": self.general,
                 "reference": reference, "points": points})
 
     @property
@@ -383,18 +395,18 @@ class Sweep:
     def results(self) -> pd.DataFrame:
         """One row per grid point (and 'base' when evaluated): parameters, state, metrics, Pareto flag, advice."""
         points, reference = self._snapshot()
-        return results_table(points, reference, self.domain_metric, self.general_metric)
+        return results_table(points, reference, self.choice_metric, self.general_metric)
 
     def best(self, *, max_general_drop: float | None = 0.01) -> pd.Series:
-        """best_run() of results()."""
-        return best_run(self.results(), self.domain_metric, self.general_metric, max_general_drop=max_general_drop)
+        """best_run() of results(), ranked by choice_metric (the validation score when validation_file is given)."""
+        return best_run(self.results(), self.choice_metric, self.general_metric, max_general_drop=max_general_drop)
 
     def pareto_figure(self, ax=None):
         """Domain metric against general metric per run, the Pareto front joined, the base model marked."""
         from nbtoolkit.plots import pareto_figure
 
         table = self.results()
-        return pareto_figure(table, x=self.general_metric, y=self.domain_metric, labels=list(self.grid), ax=ax)
+        return pareto_figure(table, x=self.general_metric, y=self.choice_metric, labels=list(self.grid), ax=ax)
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> pd.DataFrame:
@@ -404,7 +416,8 @@ class Sweep:
         data = read_json(Path(out_dir) / SWEEP_FILE)
         if data is None:
             raise NbtoolkitError(f"{out_dir} holds no {SWEEP_FILE}")
-        return results_table(data["points"], data.get("reference"), data["domain_metric"], "general_accuracy")
+        return results_table(data["points"], data.get("reference"), data.get("choice_metric", data["domain_metric"]),
+                             "general_accuracy")
 
 
 class _Cancelled(Exception):
@@ -416,9 +429,10 @@ POINT_EVAL_KIND = "nbtoolkit.sweeps:run_point_eval"
 
 def run_point_eval(config: Any = None, *, model: str, run_dir: str, eval_file: str | None = None,
                    labels: Sequence[str] | None = None, log: Any = None, general: Mapping[str, Any] | None = None,
-                   **_: Any) -> dict[str, Any]:
+                   validation_file: str | None = None, **_: Any) -> dict[str, Any]:
     """Job function (kind POINT_EVAL_KIND): the domain evaluation of eval_file (EvalConfig `config`, saved in
-    RUN_DIR/eval) and evaluate_general(**general) (saved in RUN_DIR/general) with one model load."""
+    RUN_DIR/eval), of validation_file (metrics prefixed "validation_", saved in RUN_DIR/validation) and
+    evaluate_general(**general) (saved in RUN_DIR/general) with one model load."""
     from nbtoolkit.models import load_model
 
     loaded = load_model(model)
@@ -431,6 +445,13 @@ def run_point_eval(config: Any = None, *, model: str, run_dir: str, eval_file: s
                           progress=False)
         metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
         output["eval_dir"] = str(Path(run_dir) / "eval")
+    if validation_file is not None:
+        from nbtoolkit.evaluation import evaluate
+
+        result = evaluate(loaded, validation_file, config, labels=labels, run_dir=Path(run_dir) / "validation",
+                          log=log, progress=False)
+        metrics.update({f"{VALIDATION_PREFIX}{k}": v for k, v in result.metrics.items()
+                        if isinstance(v, (int, float))})
     if general is not None:
         from nbtoolkit.forgetting import GENERAL_DIR, evaluate_general
 

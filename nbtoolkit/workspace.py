@@ -40,6 +40,7 @@ class DataFiles:
     eval: Path
     rft: Path
     labels: tuple[str, ...] | None
+    validation: Path | None = None  # the rows choices are made on (None: data prepared without that split)
 
 
 class Workspace:
@@ -100,10 +101,11 @@ class Workspace:
         missing = [s for s in ("sft", "eval", "rft") if s not in splits]
         if missing:
             raise NbtoolkitError(f"{self.data_dir} has splits {sorted(splits)}, the stages need sft, eval and rft: "
-                                 "prepare with split='seed-003'")
+                                 "prepare with split='holdout'")
         labels = manifest.get("labels")
+        validation = self.data_dir / "validation/chat.jsonl" if "validation" in splits else None
         return DataFiles(self.data_dir / "sft/chat.jsonl", self.data_dir / "eval/chat.jsonl",
-                         self.data_dir / "rft/rft.jsonl", tuple(labels) if labels else None)
+                         self.data_dir / "rft/rft.jsonl", tuple(labels) if labels else None, validation)
 
     # -- models and configs -----------------------------------------------------------------------------------
 
@@ -150,8 +152,13 @@ class Workspace:
 
         files = self.data_files()
         if stage == "sft":
-            spec = dict(kind=self.profile.sft_method, config=self.sft_config(), model=self.base_model(), train_file=str(files.sft),
-                        eval_file=str(files.eval), labels=files.labels, name="sft")
+            # Eval loss and the checkpoint choice use validation rows: the evaluation rows stay unseen.
+            extra = {} if files.validation is None or not files.labels else {
+                "validation_file": str(files.validation), "validation_rows": self.profile.validation["rows"],
+                "validate_from": self.profile.validation["from"]}
+            spec = dict(kind=self.profile.sft_method, config=self.sft_config(), model=self.base_model(),
+                        train_file=str(files.sft), eval_file=str(files.validation or files.eval),
+                        labels=files.labels, name="sft", extra=extra)
         elif stage == "rft":
             spec = dict(kind="rft_lora", config=self.rft_config(), model=self.ensure_model("sft"),
                         train_file=str(files.rft), labels=files.labels, name="rft")

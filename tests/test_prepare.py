@@ -49,7 +49,8 @@ def test_writes_one_file_per_split_and_format_plus_reports(tmp_path):
     prepared = prepare_dataset(kaggle_frame(), out_dir=out)
     names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert names == ["eval/chat.jsonl", "eval/gen_qa.jsonl", "manifest.json", "rft/chat.jsonl", "rft/rft.jsonl",
-                     "sanitize.json", "sft/chat.jsonl", "sft/converse.jsonl", "validation.json"]
+                     "sanitize.json", "sft/chat.jsonl", "sft/converse.jsonl", "validation.json",
+                     "validation/chat.jsonl", "validation/gen_qa.jsonl"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"] == {k: len(v) for k, v in prepared.splits.items()}
     assert manifest["files"]["eval/gen_qa"]["rows"] == len(list(read_jsonl(out / "eval/gen_qa.jsonl")))
@@ -100,7 +101,7 @@ def test_cli_prepare_writes_and_summarizes(tmp_path, capsys):
                  "--system-prompt", "Classify.", "--labels", "HQ,LQ_EDIT,LQ_CLOSE", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "rows per split: sft" in out and "validation: OK" in out and "LQ_EDIT" in out
+    assert "rows per split: validation" in out and "validation: OK" in out and "LQ_EDIT" in out
     assert data.read_bytes() == before
     first = next(read_jsonl(tmp_path / "out/sft/converse.jsonl"))
     assert first["system"] == [{"text": "Classify."}]
@@ -119,7 +120,7 @@ def test_cli_names_a_misspelled_column(tmp_path, capsys):
 @pytest.mark.shared
 def test_real_stackoverflow_parquet_with_the_seed_003_recipe(tmp_path):
     path = shared_file("stackoverflow-quality/so_quality_6750.parquet")
-    prepared = prepare_dataset(path, out_dir=tmp_path / "so")
+    prepared = prepare_dataset(path, PrepareConfig(split="seed-003"), out_dir=tmp_path / "so")
     assert prepared.schema == "stackoverflow-preprocessed"
     assert {k: len(v) for k, v in prepared.splits.items()} == {"sft": 3500, "eval": 500, "rft": 4200}
     table = prepared.label_table()

@@ -93,20 +93,24 @@ def test_a_tiny_sweep_runs_end_to_end(files, tmp_path):
         warnings.simplefilter("ignore")
         sweep = Sweep(base_spec(files), {"customer_data_percent": [100, 50]}, out_dir=tmp_path / "sweep",
                       general_files=files["general"], eval_file=files["root"] / "eval.jsonl",
+                      validation_file=files["root"] / "eval.jsonl",
                       eval_config=EvalConfig.for_platform("local", limit=4, max_new_tokens=2, batch_size=4),
                       general={"benchmarks": ["arc-easy"], "limit": 3, "data_dir": str(data_dir)},
                       max_parallel=2, poll=0.2)
+    assert sweep.choice_metric == "validation_label_accuracy"
     assert sweep.start() is sweep
     table = sweep.wait(timeout=600)
     assert not sweep.running
     assert list(table.index) == ["base", 0, 1]
     assert list(table["state"]) == ["done"] * 3, table["error"].tolist()
     assert list(table["realized_customer_percent"].iloc[1:]) == [100.0, 50.0]
-    for column in ("label_accuracy", "general_accuracy", "arc-easy_accuracy"):
+    for column in ("label_accuracy", "validation_label_accuracy", "general_accuracy", "arc-easy_accuracy"):
         assert table[column].notna().all(), column
     assert table.loc[[0, 1], "final_loss"].notna().all()
     assert table.loc[[0, 1], "pareto"].any()
     assert sweep.best(max_general_drop=None).name in (0, 1)
+    with pytest.warns(UserWarning, match="validation_file"):
+        Sweep(base_spec(files), {"lr": [1e-4]}, out_dir=tmp_path / "s2", eval_file=files["root"] / "eval.jsonl")
     assert isinstance(sweep.pareto_figure(), Figure)
     pd.testing.assert_frame_equal(Sweep.load(tmp_path / "sweep"), table)
     mixed_run = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"][1]["jobs"]["train"]

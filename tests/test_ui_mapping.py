@@ -32,7 +32,7 @@ def test_known_schema_is_suggested_and_previewed(stackoverflow):
     assert (form.question.value, list(form.question_more.value), form.answer.value) == ("Title", ["Body"], "Y")
     assert form.system_prompt.value.startswith("This is a stack overflow question")
     config = form.value
-    assert isinstance(config, PrepareConfig) and config.split == "seed-003"
+    assert isinstance(config, PrepareConfig) and config.split == "holdout"
     assert config.mapping == ColumnMapping(question=("Title", "Body"), answer="Y",
                                            system_prompt=form.system_prompt.value)
     assert "schemaVersion" in form.preview.value and "rows 1-3 of 120" in form.preview.value
@@ -102,7 +102,7 @@ def test_save_writes_the_prepared_files(stackoverflow, tmp_path):
     form.save.click()
     assert "saved to" in _texts(form.output) and "rows per split" in _texts(form.output)
     manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
-    assert manifest["ok"] and set(manifest["splits"]) == {"sft", "eval", "rft"}
+    assert manifest["ok"] and set(manifest["splits"]) == {"sft", "validation", "eval", "rft"}
     first = next(read_jsonl(tmp_path / "prepared" / "sft" / "converse.jsonl"))
     assert first["system"][0]["text"] == form.system_prompt.value
     assert form.prepared is not None and form.prepared.out_dir == tmp_path / "prepared"

@@ -67,7 +67,7 @@ class ColumnMappingForm(WidgetView):
     """
 
     def __init__(self, data: str | os.PathLike | pd.DataFrame | None = None, labels: Any = None,
-                 method: str = "sft", *, out_dir: str | os.PathLike = "prepared", split: str | None = "seed-003",
+                 method: str = "sft", *, out_dir: str | os.PathLike = "prepared", split: str | None = "holdout",
                  preview_rows: int = 3) -> None:
         w = widgets()
         if method not in METHODS:
