@@ -210,3 +210,92 @@ def generate_replies(
                 on_batch(done, len(prompts))
     bar.close()
     return [r for r in results if r is not None]
+
+
+@torch.inference_mode()
+def sample_groups(
+    loaded: LoadedModel,
+    conversations: Sequence[list[dict]],
+    *,
+    n: int,
+    temperature: float,
+    top_k: int = 0,
+    max_new_tokens: int = 16,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_prompt_tokens: int | None = None,
+    progress: bool = False,
+) -> list[list[tuple[str, bool]]]:
+    """n sampled replies (text, hit max_new_tokens) to each conversation, in input order.
+
+    Each prompt is prefilled once (after the shared prompt head) and its cache repeated n times, so a group of n
+    replies costs one prompt pass instead of n (`model.generate(num_return_sequences=n)` repeats the prompt).
+    Sampling uses its own seeded generator: the global RNG is untouched.
+    """
+    model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.plan.device
+    prompts = encode_prompts(tokenizer, conversations, max_prompt_tokens)
+    stop = {*answer_terminator_ids(tokenizer), tokenizer.eos_token_id}
+    prefix_length = shared_prefix_length(prompts)
+    if prefix_length < MIN_SHARED_PREFIX:
+        prefix_length = 0
+    generator = torch.Generator(device=device).manual_seed(seed)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[list[tuple[str, bool]]] = [[] for _ in prompts]
+    model.eval()
+    bar = tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not progress)
+    with loaded.plan.autocast():
+        prefix_kv = _prefix_cache(model, prompts[0][:prefix_length], device) if prefix_length else None
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            replies = _sampled_batch(model, [prompts[i][prefix_length:] for i in batch], prefix_kv, prefix_length,
+                                     n=n, temperature=temperature, top_k=top_k, stop=stop,
+                                     max_new_tokens=max_new_tokens, device=device, pad_id=loaded.pad_token_id,
+                                     generator=generator)
+            for slot, i in enumerate(batch):
+                results[i] = [(tokenizer.decode(tokens, skip_special_tokens=True).strip(), not stopped)
+                              for tokens, stopped in replies[slot * n:(slot + 1) * n]]
+            bar.update(len(batch))
+    bar.close()
+    return results
+
+
+def _sampled_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: int, *, n: int, temperature: float,
+                   top_k: int, stop: set[int], max_new_tokens: int, device, pad_id: int,
+                   generator: torch.Generator) -> list[tuple[list[int], bool]]:
+    """n sampled continuations of each row (row-major: row 0's n replies first), stopping rows at a stop token."""
+    logits, layers, attention = _prefill(model, suffixes, prefix_kv, prefix_length, device, pad_id)
+    cache = DynamicCache(ddp_cache_data=layers)
+    cache.batch_repeat_interleave(n)
+    logits, attention = logits.repeat_interleave(n, 0), attention.repeat_interleave(n, 0)
+    positions = torch.tensor([[prefix_length + len(ids) - 1] for ids in suffixes], device=device).repeat_interleave(
+        n, 0)
+    rows = len(suffixes) * n
+    replies: list[list[int]] = [[] for _ in range(rows)]
+    stopped = [False] * rows
+    active = list(range(rows))
+    for step in range(max_new_tokens):
+        scores = logits.float() / temperature
+        if top_k:
+            kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(-1)
+        keep = []
+        for slot, row in enumerate(active):
+            token = int(tokens[slot])
+            if token in stop:
+                stopped[row] = True
+            else:
+                replies[row].append(token)
+                keep.append(slot)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            tokens, attention, positions = tokens[index], attention[index], positions[index]
+            active = [active[slot] for slot in keep]
+        attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
+        positions = positions + 1
+        logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=positions,
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+    return list(zip(replies, stopped))

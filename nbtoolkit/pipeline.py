@@ -293,8 +293,9 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
             evaluate_stage("sft", current)
         if "rft" in config.stages:
             rft_config = RFTLoraConfig.for_platform("local", seed=config.seed, **profile.rft)
+            validation = str(data.validation_file) if data.validation_file is not None else None
             job, _ = run_job(JobSpec("rft_lora", rft_config, model=current, train_file=str(data.rft_file),
-                                     labels=data.labels, name="rft"), "rft")
+                                     eval_file=validation, labels=data.labels, name="rft"), "rft")
             curves["RFT reward"] = (job.metrics(), "reward_mean")
             rft_model = str(job.run_dir)
             kept = True

@@ -73,3 +73,27 @@ def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
     assert shared_prefix_length([[1, 2], [3, 4]]) == 0
     assert shared_prefix_length([[1, 2, 3]]) == 0
+
+
+def test_group_sampling_with_top_k_1_is_greedy_for_every_row(tiny):
+    from nbtoolkit.generation import sample_groups
+
+    conversations = [[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}]
+                     for text in ("hello there", "what is the time now in the city", "a", "tell me more please")]
+    greedy = generate_replies(tiny, conversations, max_new_tokens=5, max_prompt_tokens=None, progress=False)
+    groups = sample_groups(tiny, conversations, n=3, temperature=1.0, top_k=1, max_new_tokens=5,
+                           batch_size=3)
+    assert [len(group) for group in groups] == [3, 3, 3, 3]
+    for group, reply in zip(groups, greedy):
+        assert {text for text, _ in group} == {reply.text}
+        assert all(hit == reply.truncated for _, hit in group)
+
+
+def test_group_sampling_varies_within_a_group_and_repeats_with_the_seed(tiny):
+    from nbtoolkit.generation import sample_groups
+
+    conversations = [[{"role": "user", "content": "say something"}]] * 2
+    first = sample_groups(tiny, conversations, n=6, temperature=2.0, max_new_tokens=4, seed=3)
+    again = sample_groups(tiny, conversations, n=6, temperature=2.0, max_new_tokens=4, seed=3)
+    assert first == again
+    assert len({text for text, _ in first[0]}) > 1

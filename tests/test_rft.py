@@ -185,6 +185,20 @@ def test_precheck_warns_when_no_reply_earns_reward():
     assert not any("SFT first" in w for w in varied["warnings"])
 
 
+def test_dynamic_sampling_keeps_only_prompts_whose_replies_disagree():
+    loaded = tiny_model(seed=0, vocab_from=None)
+    records = [_record(i) for i in range(8)]
+    assert rft.learnable_prompts(loaded, records, always_negative, _config(dynamic_sampling=8)) == []
+
+    def first_reply_wins(samples):  # only groups of prompts q0..q2 disagree
+        return [{"id": s["id"], "aggregate_reward_score": 1.0 if s["id"].endswith("#0") and s["id"][1] in "012"
+                 else -1.0} for s in samples]
+
+    kept = rft.learnable_prompts(loaded, records, first_reply_wins, _config(dynamic_sampling=8))
+    assert sorted(r["id"] for r in kept) == ["q0", "q1", "q2"]
+    assert len(rft.learnable_prompts(loaded, records, first_reply_wins, _config(dynamic_sampling=3))) <= 3
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Runs on the tiny model
 
@@ -197,6 +211,8 @@ def test_short_run_writes_metrics_adapter_and_merged_model(workspace, tmp_path):
     assert summary["batch"]["prompts_per_step"] == 2 and summary["batch"]["gradient_accumulation_steps"] == 2
     rows = read_metrics(run_dir)
     assert rows[0]["phase"] == "precheck" and 0.0 < rows[0]["reply_positive_share"] < 1.0
+    sampled = next(row for row in rows if row.get("phase") == "dynamic_sampling")
+    assert sampled["prompts_sampled"] == 12 and 2 <= sampled["prompts_kept"] <= 12
     train = [row for row in rows if row.get("phase") == "train"]
     assert [row["step"] for row in train] == [1, 2]
     for row in train:

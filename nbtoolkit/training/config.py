@@ -258,6 +258,9 @@ class RFTLoraConfig(_TrainingFields):
     reward: str = field(default="binary_label", metadata=_help("reward function name (see nbtoolkit.rewards)"))
     lora_r: int = field(default=16, metadata=_help("LoRA rank"))
     alpha: int = field(default=32, metadata=_help("LoRA alpha"))
+    dynamic_sampling: int = field(default=512, metadata=_help(
+        "local only: before training, sample number_generation replies to up to this many training prompts and "
+        "train on the prompts whose replies earn different rewards, the only groups GRPO learns from (0: off)"))
 
     METHOD: ClassVar[str] = "rft_lora"
     DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -271,7 +274,7 @@ class RFTLoraConfig(_TrainingFields):
     BOUNDS: ClassVar[dict[str, dict[str, Any]]] = {
         "local": {**_LOCAL_TRAINING_BOUNDS, "number_generation": (2, 64), "kl_loss_coef": (0.0, 10.0),
                   "temperature": (0.05, 5.0), "top_k": (0, 50_000), "ent_coeff": (0.0, 1.0),
-                  "max_new_tokens": (1, 4096)},
+                  "max_new_tokens": (1, 4096), "dynamic_sampling": (0, 1_000_000)},
         "nova": {"global_batch_size": choices(16, 32, 64, 128, 256), "number_generation": (2, 64),
                  "kl_loss_coef": (0.0, 10.0), "temperature": (0.05, 5.0), "max_new_tokens": (1, 32_768)},
     }

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from nbtoolkit.data.formats import read_jsonl
-from nbtoolkit.generation import encode_prompts, generate_replies, truncate_user_turns
+from nbtoolkit.generation import encode_prompts, generate_replies, sample_groups, truncate_user_turns
 from nbtoolkit.models import LoadedModel, answer_terminator, answer_terminator_ids, load_model
 from nbtoolkit.rewards import as_trl_reward, get_reward, positive_reward_share
 from nbtoolkit.runtime.events import RunLog, read_metrics, write_json_atomic
@@ -250,43 +250,6 @@ def _stop_ids(tokenizer) -> list[int]:
     return list(dict.fromkeys([*(terminator if len(terminator) == 1 else []), tokenizer.eos_token_id]))
 
 
-def sample_replies(loaded: LoadedModel, conversations: Sequence[list[dict]], *, n: int, temperature: float,
-                   top_k: int, max_new_tokens: int, seed: int = 0, prompts_per_batch: int = 4
-                   ) -> list[list[tuple[str, bool]]]:
-    """n sampled replies (text, hit max_new_tokens) per conversation, stopping at the answer terminator."""
-    import torch
-
-    model, tokenizer = loaded.model, loaded.tokenizer
-    prompts = encode_prompts(tokenizer, conversations, None)
-    stop, pad_id = _stop_ids(tokenizer), loaded.pad_token_id
-    results: list[list[tuple[str, bool]]] = []
-    model.eval()
-    with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        torch.manual_seed(seed)
-        for start in range(0, len(prompts), prompts_per_batch):
-            batch = prompts[start:start + prompts_per_batch]
-            width = max(map(len, batch))
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):
-                input_ids[row, width - len(ids):] = torch.tensor(ids)
-                attention[row, width - len(ids):] = 1
-            with loaded.plan.autocast():
-                output = model.generate(
-                    input_ids=input_ids.to(loaded.plan.device), attention_mask=attention.to(loaded.plan.device),
-                    do_sample=True, temperature=temperature, top_k=top_k or None, top_p=None,
-                    num_return_sequences=n, max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stop)
-            for row in range(len(batch)):
-                replies = []
-                for k in range(n):
-                    new = output[row * n + k, width:].tolist()
-                    ended = next((i for i, token in enumerate(new) if token in stop), None)
-                    kept = new if ended is None else new[:ended]
-                    replies.append((tokenizer.decode(kept, skip_special_tokens=True).strip(), ended is None))
-                results.append(replies)
-    return results
-
-
 def positive_share_precheck(loaded: LoadedModel, records: Sequence[dict], reward_fn: RewardFn,
                             config: RFTLoraConfig, *, n_prompts: int = PRECHECK_PROMPTS) -> dict:
     """Reward of the starting model on a sample of training prompts, number_generation sampled replies each.
@@ -299,8 +262,8 @@ def positive_share_precheck(loaded: LoadedModel, records: Sequence[dict], reward
     started = time.perf_counter()
     chosen = random.Random(config.seed).sample(list(records), min(n_prompts, len(records)))
     n = config.number_generation
-    replies = sample_replies(loaded, [r["messages"] for r in chosen], n=n, temperature=config.temperature,
-                             top_k=config.top_k, max_new_tokens=config.max_new_tokens, seed=config.seed)
+    replies = sample_groups(loaded, [r["messages"] for r in chosen], n=n, temperature=config.temperature,
+                            top_k=config.top_k, max_new_tokens=config.max_new_tokens, seed=config.seed)
     samples = [s for record, group in zip(chosen, replies) for s in _samples(record, [text for text, _ in group])]
     share = float(positive_reward_share(reward_fn, samples))
     scores = _scores(reward_fn, samples)
@@ -333,6 +296,29 @@ def positive_share_precheck(loaded: LoadedModel, records: Sequence[dict], reward
             f"{result['hit_max_new_tokens_share']:.0%} of the starting model's replies hit max_new_tokens "
             f"({config.max_new_tokens}) before the answer terminator: raise max_new_tokens, or SFT the answer format")
     return result
+
+
+def learnable_prompts(loaded: LoadedModel, records: Sequence[dict], reward_fn: RewardFn, config: RFTLoraConfig,
+                      *, log: RunLog | None = None) -> list[dict]:
+    """Dynamic sampling done once before training: number_generation sampled replies to up to
+    config.dynamic_sampling prompts, keeping the prompts whose replies earn different rewards. A group whose
+    replies all score the same has zero advantage: GRPO would spend a step's compute on it and learn nothing."""
+    started = time.perf_counter()
+    chosen = random.Random(config.seed + 1).sample(list(records), min(config.dynamic_sampling, len(records)))
+    groups = sample_groups(loaded, [r["messages"] for r in chosen], n=config.number_generation,
+                           temperature=config.temperature, top_k=config.top_k, max_new_tokens=config.max_new_tokens,
+                           seed=config.seed + 1, progress=log is None)
+    kept = []
+    for record, group in zip(chosen, groups):
+        scores = _scores(reward_fn, _samples(record, [text for text, _ in group]))
+        if max(scores) - min(scores) > 1e-6:
+            kept.append(record)
+    if log is not None:
+        log.info(f"dynamic sampling: {len(kept)} of {len(chosen)} prompts have replies that earn different rewards "
+                 f"({config.number_generation} sampled at temperature {config.temperature:g}); GRPO trains on those "
+                 f"({time.perf_counter() - started:.0f} s)")
+        log.metric(step=0, phase="dynamic_sampling", prompts_sampled=len(chosen), prompts_kept=len(kept))
+    return kept
 
 
 def held_out_reward(loaded: LoadedModel, records: Sequence[dict], reward_fn: RewardFn, *, max_new_tokens: int,
@@ -628,6 +614,13 @@ def run_rft(
 
     from datasets import Dataset
 
+    if config.dynamic_sampling:
+        learnable = learnable_prompts(loaded, records, reward_fn, config, log=log)
+        if len(learnable) >= plan.prompts_per_step:
+            records = learnable
+        else:
+            warn(f"dynamic sampling kept {len(learnable)} prompts, fewer than one step needs "
+                 f"({plan.prompts_per_step}): training on every prompt")
     dataset = Dataset.from_list([{"prompt": r["messages"], "reference_answer": r["reference_answer"],
                                   "id": r["id"]} for r in records])
     reward = GroupedReward(as_trl_reward(reward_fn), config.number_generation, name=reward_name)
