@@ -12,6 +12,7 @@ from transformers import DynamicCache
 from tqdm.auto import tqdm
 
 from nbtoolkit.models import LoadedModel, answer_terminator_ids
+from nbtoolkit.models.threads import CoreShare
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,12 @@ def generate_replies(
     model.eval()
     bar = tqdm(total=len(prompts), desc="generating", unit="sample", disable=not progress)
     started = time.perf_counter()
+    share = CoreShare.for_this_process()
+    share.enabled = share.enabled and loaded.plan.device_type == "cpu"
     with loaded.plan.autocast():
         prefix_kv = _prefix_cache(model, prompts[0][:prefix_length], device) if prefix_length else None
         for start in range(0, len(order), batch_size):
+            share.update()
             batch = order[start:start + batch_size]
             replies = _greedy_batch(model, [prompts[i][prefix_length:] for i in batch], prefix_kv, prefix_length,
                                     stop=stop, max_new_tokens=max_new_tokens, device=device, pad_id=pad_id,
@@ -208,6 +212,7 @@ def generate_replies(
             bar.set_postfix(samples_per_s=f"{done / (time.perf_counter() - started):.2f}")
             if on_batch is not None:
                 on_batch(done, len(prompts))
+    share.restore()
     bar.close()
     return [r for r in results if r is not None]
 

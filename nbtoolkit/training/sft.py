@@ -36,6 +36,7 @@ from nbtoolkit.errors import DataError, ModelError, NbtoolkitError
 from nbtoolkit.generation import encode_prompts
 from nbtoolkit.generation import shared_prefix_length as token_prefix_length
 from nbtoolkit.models import answer_terminator_ids, load_model
+from nbtoolkit.models.threads import CoreShare
 from nbtoolkit.runtime.events import METRICS_FILE, RunLog, write_json_atomic
 from nbtoolkit.training.config import SFTFullConfig, SFTLoraConfig
 from nbtoolkit.training.selection import (
@@ -700,8 +701,11 @@ def run_sft(
         log.info(f"validation exact match {score['exact_match']:.3f} ± {score['exact_match_stderr']:.3f} at step "
                  f"{step} ({score['seconds']:.0f} s){' - best so far' if improved else ''}")
         return bool(early_stopping_patience) and stale_checks >= early_stopping_patience
+    share = CoreShare.for_this_process()
+    share.enabled = share.enabled and device == "cpu" and config.parallel_micro_batches <= 1
     with _micro_batch_workers(config.parallel_micro_batches, device) as workers:
         while progress.step < config.max_steps:
+            share.update()
             if stop_event is not None and stop_event.is_set():
                 status = "stopped"
                 break
@@ -723,7 +727,7 @@ def run_sft(
                 mean_loss = window["loss"] / window["steps"]
                 log.metric(step=step, loss=mean_loss, lr=lr, tokens_per_second=window["tokens"] / window["seconds"],
                            seconds_per_step=window["seconds"] / window["steps"], epoch=round(order.epoch(step), 4),
-                           grad_norm=grad_norm, tokens=window["tokens"])
+                           grad_norm=grad_norm, tokens=window["tokens"], threads=share.threads)
                 log.info(f"step {step}/{config.max_steps}  loss {mean_loss:.4f}  lr {lr:.3g}  "
                          f"{window['tokens'] / window['seconds']:,.0f} tokens/s  "
                          f"{window['seconds'] / window['steps']:.2f} s/step")
@@ -742,6 +746,7 @@ def run_sft(
                 log.info(f"early stop at step {step}: no better validation score in {stale_checks} checks")
                 break
 
+    share.restore()
     if mixed is not None:
         mixed.record(run_dir, progress.step, planned_steps=config.max_steps)
     paths: dict[str, str | None] = {"run_dir": str(run_dir), "metrics": str(run_dir / METRICS_FILE),
