@@ -35,6 +35,7 @@ from typing import Any
 from nbtoolkit.data.formats import read_jsonl
 from nbtoolkit.generation import encode_prompts, generate_replies, sample_groups, truncate_user_turns
 from nbtoolkit.models import LoadedModel, answer_terminator, answer_terminator_ids, load_model
+from nbtoolkit.models.threads import CoreShare
 from nbtoolkit.rewards import as_trl_reward, get_reward, positive_reward_share
 from nbtoolkit.runtime.events import RunLog, read_metrics, write_json_atomic
 from nbtoolkit.training.config import RFTLoraConfig
@@ -435,12 +436,17 @@ def _monitor_callback(log: RunLog, health: TrainingHealth, stop_event=None, rewa
             self.warnings: list[str] = []
             self.stopped = False
             self.first_step = 0
+            self.share = CoreShare.for_this_process()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.share.restore()
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.first_step = state.global_step
             self._mark = (time.perf_counter(), state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
+            self.share.update()
             log.progress(state.global_step, state.max_steps)
             if stop_event is not None and stop_event.is_set() and not self.stopped:
                 self.stopped = True
