@@ -125,8 +125,7 @@ def _greedy_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: in
     log-probabilities of the given continuations).
 
     Decoding runs on the whole batch, padded between the cached prefix and each row's own tokens; position ids
-    skip the padding, so each row sees exactly its own prompt. Rows that reach a stop token leave the batch, so
-    long replies do not make the finished ones pay for extra steps.
+    skip the padding, so each row sees exactly its own prompt.
     """
     logits, layers, attention = _prefill(model, suffixes, prefix_kv, prefix_length, device, pad_id)
     positions = torch.tensor([[prefix_length + len(ids) - 1] for ids in suffixes], device=device)
@@ -134,12 +133,23 @@ def _greedy_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: in
     if continuations:
         scores = [tuple(row) for row in _continuation_logprobs(
             model, logits, layers, attention, positions, continuations).tolist()]
-    cache = DynamicCache(ddp_cache_data=layers)
-    replies: list[list[int]] = [[] for _ in suffixes]
-    stopped = [False] * len(suffixes)
-    active = list(range(len(suffixes)))
+    replies, stopped = _decode(model, logits, DynamicCache(ddp_cache_data=layers), attention, positions,
+                               pick=lambda step_logits: step_logits.argmax(-1), stop=stop,
+                               max_new_tokens=max_new_tokens, device=device)
+    return list(zip(replies, stopped, scores))
+
+
+def _decode(model, logits, cache, attention, positions, *, pick: Callable[[torch.Tensor], torch.Tensor],
+            stop: set[int], max_new_tokens: int, device) -> tuple[list[list[int]], list[bool]]:
+    """Decode every row from its next-token logits: pick(logits) chooses the tokens (greedy or sampled); rows that
+    reach a stop token leave the batch, so long replies do not make the finished ones pay for extra steps.
+    Returns each row's new tokens (before the stop token) and whether it stopped."""
+    rows = logits.shape[0]
+    replies: list[list[int]] = [[] for _ in range(rows)]
+    stopped = [False] * rows
+    active = list(range(rows))
     for step in range(max_new_tokens):
-        tokens = logits.argmax(-1)
+        tokens = pick(logits)
         keep = []
         for slot, row in enumerate(active):
             token = int(tokens[slot])
@@ -159,7 +169,7 @@ def _greedy_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: in
         positions = positions + 1
         logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=positions,
                        past_key_values=cache, use_cache=True).logits[:, -1]
-    return list(zip(replies, stopped, scores))
+    return replies, stopped
 
 
 @torch.inference_mode()
@@ -274,33 +284,14 @@ def _sampled_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: i
     logits, attention = logits.repeat_interleave(n, 0), attention.repeat_interleave(n, 0)
     positions = torch.tensor([[prefix_length + len(ids) - 1] for ids in suffixes], device=device).repeat_interleave(
         n, 0)
-    rows = len(suffixes) * n
-    replies: list[list[int]] = [[] for _ in range(rows)]
-    stopped = [False] * rows
-    active = list(range(rows))
-    for step in range(max_new_tokens):
-        scores = logits.float() / temperature
+
+    def sample(step_logits: torch.Tensor) -> torch.Tensor:
+        scores = step_logits.float() / temperature
         if top_k:
             kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
-        tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(-1)
-        keep = []
-        for slot, row in enumerate(active):
-            token = int(tokens[slot])
-            if token in stop:
-                stopped[row] = True
-            else:
-                replies[row].append(token)
-                keep.append(slot)
-        if not keep or step == max_new_tokens - 1:
-            break
-        if len(keep) < len(active):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            tokens, attention, positions = tokens[index], attention[index], positions[index]
-            active = [active[slot] for slot in keep]
-        attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
-        positions = positions + 1
-        logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=positions,
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+        return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(-1)
+
+    replies, stopped = _decode(model, logits, cache, attention, positions, pick=sample, stop=stop,
+                               max_new_tokens=max_new_tokens, device=device)
     return list(zip(replies, stopped))

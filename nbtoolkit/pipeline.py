@@ -76,8 +76,8 @@ PROFILES: dict[str, Profile] = {
     # fine-tuning at lr 5e-5 reached 0.900 exact match, LoRA r16 at lr 5e-4 0.850 (and at lr 2e-4 for 300 steps,
     # 0.836); full fine-tuning's steps cost about 15% more.
     "standard": Profile(
-        "standard", "the embedded model, 360 full fine-tuning steps and 20 GRPO steps: about 30-40 minutes of SFT "
-        "on 2 cores", "smollm2-135m-instruct", 1500,
+        "standard", "the embedded model, 360 full fine-tuning steps and 20 GRPO steps: about 35-40 minutes of SFT "
+        "on 2 cores with native bf16, about 55 on AVX2-only cores", "smollm2-135m-instruct", 1500,
         eval={},
         sft={"lr": 5e-5, "max_steps": 360, "warmup_steps": 25, "save_steps": 60},
         rft={"max_steps": 20, "save_steps": 10},
