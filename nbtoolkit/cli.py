@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nbtoolkit.errors import NbtoolkitError
+from nbtoolkit.errors import NbtoolkitError, os_error_message
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -48,7 +48,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", action="append", help="columns to convert from HTML to text")
     p.add_argument("--platform", default="local", choices=["local", "sagemaker", "bedrock"])
     p.add_argument("--cpt", action="store_true", help="also write CPT text files")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    p.add_argument("--encoding", help="text encoding of --data, e.g. cp1252 for Excel on Windows (default: UTF-8)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a --out directory written before (never one that holds --data)")
     p.set_defaults(run=_run_prepare)
 
 
@@ -64,7 +66,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
     config = PrepareConfig(
         mapping=mapping, labels=args.labels, split=None if args.split == "none" else args.split, seed=args.seed,
         scale_to_fit=not args.no_scale, reserved=args.reserved,
-        html_columns=_columns(args.html) if args.html else None, platform=args.platform, cpt=args.cpt)
+        html_columns=_columns(args.html) if args.html else None, platform=args.platform, cpt=args.cpt,
+        encoding=args.encoding)
     prepared = prepare_dataset(args.data, config, out_dir=args.out, overwrite=args.overwrite)
     print(prepared.summary())
     return 0 if prepared.ok else 1
@@ -253,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except (NbtoolkitError, ValueError) as error:
         print(f"nbtoolkit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full or read-only disk met outside the data layer's own checks
+        print(f"nbtoolkit {args.command}: error: {os_error_message(error, 'continue')}", file=sys.stderr)
         return 2
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 from collections.abc import Iterable
 
 
@@ -42,6 +44,10 @@ class DataError(NbtoolkitError, ValueError):
         return f"{', '.join(where)}: {self.message}" if where else self.message
 
 
+class ConfigError(NbtoolkitError, ValueError):
+    """A configuration argument that cannot work, named with the fix; raised at construction."""
+
+
 class ModelError(NbtoolkitError):
     """A model cannot be found, converted or loaded here."""
 
@@ -62,3 +68,30 @@ def unknown_name_message(kind: str, name: str, candidates: Iterable[str]) -> str
     suggestion = closest_name(name, candidates)
     hint = f"; did you mean {suggestion!r}?" if suggestion else ""
     return f"unknown {kind} {name!r}{hint} (available: {', '.join(map(repr, candidates))})"
+
+
+# What to do about a failed read or write, by errno; the one place OS errors become advice.
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "the disk is full; free some space or choose a folder on another disk",
+    errno.EDQUOT: "the disk quota is used up; free some space or choose a folder on another disk",
+    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "operation not permitted; choose a folder you can write to",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "the path is a folder, not a file",
+    errno.EEXIST: "the path exists and is not a folder; choose another path",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
+    errno.ENOENT: "the path does not exist",
+}
+
+
+def os_error_message(error: OSError, action: str) -> str:
+    """'cannot write: the disk is full; free some space ... [Errno 28] (path)' for any OSError."""
+    fix = _OS_ERROR_FIXES.get(error.errno or -1, error.strerror or str(error))
+    where = f" ({os.fsdecode(error.filename)})" if error.filename else ""
+    return f"cannot {action}: {fix}{where}"
+
+
+def file_error(error: OSError, action: str, source: str | os.PathLike | None = None) -> DataError:
+    """A DataError for an OSError met while reading or writing `source` (errno decides the advice)."""
+    return DataError(os_error_message(error, action), source=None if source is None else os.fspath(source))

@@ -111,9 +111,19 @@ class PipelineConfig:
             raise ValueError("give both train and eval files, or neither")
         if self.data is not None and self.train is not None:
             raise ValueError("give either data (one file to split) or train and eval files, not both")
+        if isinstance(self.stages, str):
+            raise ValueError(f"stages takes a list of stage names, e.g. ('baseline', 'sft'), got {self.stages!r}")
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ValueError(unknown_name_message("stage", unknown[0], STAGES))
+        repeated = sorted({s for s in self.stages if list(self.stages).count(s) > 1}, key=STAGES.index)
+        if repeated:
+            raise ValueError(f"stage {repeated[0]!r} is listed twice; each stage runs once, in the order "
+                             f"{', '.join(STAGES)}")
+        if self.model is not None:
+            from nbtoolkit.models import resolve_model
+
+            resolve_model(self.model)  # an unknown name fails here, before any data is prepared
         if "rft" in self.stages and "sft" not in self.stages:
             raise ValueError("RFT starts from the SFT checkpoint: include the sft stage (seed 004 advice)")
 
@@ -179,6 +189,10 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
     from nbtoolkit.runtime import JobFailed, JobSpec, LocalRuntime
 
     config = config or PipelineConfig()
+    if config.model:
+        from nbtoolkit.models import model_path
+
+        model_path(config.model)  # a model that cannot load here (not cached, Nova) fails before anything is written
     profile = PROFILES[config.profile]
     general_checks = _general_checks(config, profile)
     if config.out is None:

@@ -23,7 +23,9 @@ def test_bracket_tokens_are_stripped(token):
 
 def test_rewrite_is_case_sensitive_like_the_validator():
     assert rewrite_reserved("the system: is down") == "the system: is down"
-    assert rewrite_reserved("MySystem: x") == "MySystem: x"  # not a word boundary: not a role marker
+    # A marker glued to a word is still the substring the chat template reacts to: rewritten, and then clean.
+    assert rewrite_reserved("MySystem: x") == "MySystem : x"
+    assert find_reserved("MySystem : x") == []
 
 
 def test_every_reserved_string_is_removed_by_a_rewrite():

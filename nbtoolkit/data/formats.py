@@ -1,4 +1,4 @@
-"""Standard rows and the method formats written to disk (REFERENCE.md §2) or fed to the local trainer."""
+"""Standard rows and the method formats written to disk (see docs/data.md) or fed to the local trainer."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pandas as pd
 from nbtoolkit.data.loaders import as_text_column
 from nbtoolkit.data.mapping import ColumnMapping
 from nbtoolkit.data.rows import row_numbers
+from nbtoolkit.data.sanitize import strip_text
 
 SFT_SCHEMA_VERSION = "bedrock-conversation-2024"
 DEFAULT_RFT_SYSTEM_PROMPT = "You are a helpful AI assistant."
@@ -42,13 +43,16 @@ def standard_rows(frame: pd.DataFrame, mapping: ColumnMapping, method: str) -> p
     """One row per input row with the standard fields (question, answer, system, id, metadata, text).
 
     Keeps the input row numbers as the index so validation can name them. Missing optional fields are None.
+    Answers lose surrounding whitespace and zero-width characters ("HQ\u00a0" -> "HQ"): what is validated
+    against the label set is what is written.
     """
     source = frame.attrs.get("source")
     mapping.check(frame, method, source=source)
     n = len(frame)
     out = pd.DataFrame(index=pd.Index(row_numbers(frame), name="row"))
     out["question"] = _combine(frame, mapping.question, mapping.separator, source) if mapping.question else [None] * n
-    out["answer"] = _combine(frame, mapping.answer, mapping.separator, source) if mapping.answer else [None] * n
+    out["answer"] = ([strip_text(a) for a in _combine(frame, mapping.answer, mapping.separator, source)]
+                     if mapping.answer else [None] * n)
     if mapping.system:
         out["system"] = _optional_text(frame, mapping.system)
     else:

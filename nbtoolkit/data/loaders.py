@@ -19,6 +19,7 @@ import json
 import math
 import numbers
 import os
+import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nbtoolkit.errors import DataError, closest_name, unknown_name_message
+from nbtoolkit.errors import DataError, closest_name, file_error, unknown_name_message
 
 __all__ = [
     "FORMATS",
@@ -251,10 +252,8 @@ def _read_local(path: Path, name: str) -> bytes:
     try:
         with open(path, "rb") as handle:
             return handle.read()
-    except PermissionError:
-        raise DataError("cannot be read: permission denied", source=name) from None
     except OSError as exc:
-        raise DataError(f"cannot be read: {exc.strerror or exc}", source=name) from None
+        raise file_error(exc, "read it", name) from None
 
 
 def _not_found_message(path: Path) -> str:
@@ -339,7 +338,7 @@ def _decode(data: bytes, name: str, encoding: str | None) -> str:
         shown = encoding.removesuffix("-sig").upper()
         raise DataError(
             f"is not valid {shown}: byte 0x{bad.hex()} at byte offset {exc.start}; if the file was saved by "
-            "Excel or on Windows pass encoding='cp1252' (or encoding='latin-1')",
+            "Excel or on Windows pass encoding='cp1252' (or 'latin-1'; on the command line: --encoding cp1252)",
             source=name,
             line=line,
         ) from None
@@ -358,6 +357,16 @@ def _parse_parquet(data: bytes, name: str) -> pd.DataFrame:
     # Keep a named index written by pandas (e.g. "Id") as a column; drop an anonymous one. Check the values,
     # not the type: an index of 7, 9 comes back as RangeIndex(7, 11, 2).
     named = [n for n in df.index.names if n is not None]
+    for level in [n for n in named if n in df.columns]:
+        # pandas writes the index next to the columns; an index named like a column is kept only once.
+        index_values = pd.Series(df.index.get_level_values(level), index=df.index)
+        if not index_values.equals(df[level]):
+            raise DataError(
+                f"the Parquet index {level!r} has the same name as a column but different values; write the "
+                "file with index=False (pandas: df.to_parquet(path, index=False)) or rename one of them",
+                source=name, column=str(level))
+        named.remove(level)
+        df = df.reset_index(level=level, drop=True)
     if named:
         df = df.reset_index(level=named)
     if not df.index.equals(pd.RangeIndex(len(df))):
@@ -505,6 +514,8 @@ def _parse_jsonl(text: str, name: str) -> pd.DataFrame:
             raise DataError(
                 f"expected a JSON object per line, got {_json_kind(value)}", source=name, row=row, line=line_no
             )
+        for key, item in value.items():
+            _check_unicode(item, name, row, str(key), line=line_no)
         records.append(value)
     if not records:
         raise DataError("is empty", source=name)
@@ -600,7 +611,8 @@ def _json_dtype(values: list[Any]) -> Any:
     # object keeps JSON values as parsed: [1, None] must not become [1.0, nan], nor 2**70 a float.
     kinds = {type(v) for v in values}
     if kinds == {str}:
-        return str
+        # A lone surrogate cannot enter pandas' Arrow-backed strings; object keeps it for _finish to report.
+        return object if any(_SURROGATE.search(v) for v in values) else str
     if kinds == {bool}:
         return bool
     if kinds == {float}:
@@ -658,6 +670,7 @@ def _finish(df: pd.DataFrame, name: str, fmt: str, max_field_chars: int | None) 
         raise DataError("is empty: it has no rows", source=name)
     if max_field_chars is not None:
         _check_field_sizes(df, name, max_field_chars)
+    _check_frame_unicode(df, name)
     df.attrs["source"] = name
     df.attrs["format"] = fmt
     return df
@@ -676,6 +689,41 @@ def _check_field_sizes(df: pd.DataFrame, name: str, limit: int) -> None:
         if len(lengths) and lengths.max() > limit:
             row = int(np.argmax(lengths > limit))
             raise _huge_field(name, row + 1, column, int(lengths[row]), limit)
+
+
+# A lone UTF-16 surrogate (e.g. from a JSON escape "\ud800" without its pair) cannot be written as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(value: Any, name: str, row: int, column: str, *, line: int | None = None) -> None:
+    """Raise a DataError naming the cell when `value` (or text nested in it) holds a lone surrogate."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        if found:
+            raise DataError(
+                f"holds a lone surrogate {found.group().encode('unicode_escape').decode()} at character "
+                f"{found.start() + 1}: invalid Unicode (often half of a broken JSON escape such as \\ud83d); "
+                "remove it or write the whole character", source=name, row=row, line=line, column=column)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, name, row, column, line=line)
+            _check_unicode(item, name, row, column, line=line)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_unicode(item, name, row, column, line=line)
+
+
+def _check_frame_unicode(df: pd.DataFrame, name: str) -> None:
+    for column in df.columns:
+        if _SURROGATE.search(str(column)):
+            raise DataError(f"the column name {ascii(column)} holds a lone surrogate (invalid Unicode); rename it",
+                            source=name)
+    for position, column in enumerate(df.columns):
+        series = df.iloc[:, position]
+        if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+            continue
+        for row, value in enumerate(series.tolist(), start=1):
+            _check_unicode(value, name, row, str(column))
 
 
 class _NotText(Exception):

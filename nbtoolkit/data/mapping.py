@@ -8,11 +8,11 @@ from typing import Any
 
 import pandas as pd
 
-from nbtoolkit.errors import DataError, unknown_name_message
+from nbtoolkit.errors import ConfigError, DataError, unknown_name_message
 
 METHODS = ("sft", "rft", "eval", "cpt")
 
-# The service's own key names per method (REFERENCE.md §2), translated to ColumnMapping fields.
+# The service's own key names per method (see docs/data.md), translated to ColumnMapping fields.
 METHOD_KEYS: dict[str, dict[str, str]] = {
     "sft": {"question": "question", "answer": "answer", "system": "system"},
     "rft": {"question": "question", "reference_answer": "answer", "system": "system", "id": "id"},
@@ -28,12 +28,22 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 
 Columns = tuple[str, ...]
 
+# Column names that commonly hold a question or an answer (compared case-insensitively), in preference order;
+# used when no column carries the service's own key name, e.g. a `text,label` classification file.
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "question": ("question", "query", "prompt", "instruction", "input", "text", "sentence", "content", "review"),
+    "answer": ("answer", "response", "reference_answer", "completion", "output", "label", "labels", "target",
+               "class", "category", "rating", "sentiment"),
+}
+
 
 def _as_columns(value: str | list[str] | tuple[str, ...] | None) -> Columns:
     if value is None:
         return ()
     if isinstance(value, str):
         return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"expected a column name or a list of column names, got {value!r}")
     return tuple(value)
 
 
@@ -136,15 +146,28 @@ def infer_mapping(frame: pd.DataFrame, method: str = "sft", *, system_prompt: st
     """Identity mapping when the column names already match a method's keys; DataError otherwise.
 
     Any method's key names are accepted (question/answer, query/response, reference_answer, text), so a
-    file written for one method maps for another without configuration.
+    file written for one method maps for another without configuration. For a method with a question and an
+    answer, common names fill the gaps (`COLUMN_ALIASES`: text/label, sentence/label, prompt/completion, ...).
     """
     method = _check_method(method)
-    columns = set(map(str, frame.columns))
+    names = [str(c) for c in frame.columns]
+    columns = set(names)
     kwargs: dict[str, Any] = {}
     for keys in (METHOD_KEYS[method], *METHOD_KEYS.values()):
         for key, attribute in keys.items():
             if key in columns and attribute not in kwargs:
                 kwargs[attribute] = key
+    if method != "cpt":
+        kwargs.pop("text", None)  # a text column is either the question (below) or nothing for this method
+        by_lower = {name.lower(): name for name in reversed(names)}
+        for attribute in ("question", "answer"):
+            if attribute in kwargs:
+                continue
+            used = {kwargs.get("question"), kwargs.get("answer"), kwargs.get("system"), kwargs.get("id")}
+            alias = next((by_lower[a] for a in COLUMN_ALIASES[attribute]
+                          if a in by_lower and by_lower[a] not in used), None)
+            if alias is not None:
+                kwargs[attribute] = alias
     if system_prompt is not None:
         kwargs.pop("system", None)
         kwargs["system_prompt"] = system_prompt

@@ -13,7 +13,7 @@ import pandas as pd
 
 from nbtoolkit.data.rows import row_numbers
 
-# Case-sensitive substrings that clash with the Nova chat template (REFERENCE.md §3).
+# Case-sensitive substrings that clash with the Nova chat template (see docs/data.md).
 RESERVED_ROLE_MARKERS = (
     "System:", "SYSTEM:", "User:", "USER:", "Bot:", "BOT:", "Assistant:", "ASSISTANT:", "Thought:",
 )
@@ -23,21 +23,46 @@ RESERVED_STRINGS = RESERVED_ROLE_MARKERS + RESERVED_TOKENS
 ReservedMode = Literal["rewrite", "drop", "reject"]
 RESERVED_MODES = ("rewrite", "drop", "reject")
 
-_ROLE_MARKER_RE = re.compile(
-    r"\b(" + "|".join(re.escape(m[:-1]) for m in RESERVED_ROLE_MARKERS) + r"):"
-)
-_RESERVED_TOKEN_RE = re.compile("|".join(re.escape(t) for t in RESERVED_TOKENS))
+# Characters removed from every mapped column: NUL and other C0 controls except tab, newline and carriage
+# return, DEL, and the byte order mark (U+FEFF) that concatenated files leave inside text.
+_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufeff]")
+# Invisible characters that do not count at either end of an answer: Python's whitespace (incl. NBSP) plus
+# zero-width space, non-joiner, joiner, word joiner and BOM.
+_ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"
 
 
 def find_reserved(text: str) -> list[str]:
-    """Reserved strings present in `text`, in list order."""
+    """Reserved strings present in `text`, in list order: case-sensitive substrings, so "currentUser:" counts.
+
+    This is the one definition of a reserved string; the rewrite and the validator both use it.
+    """
     return [s for s in RESERVED_STRINGS if s in text]
 
 
 def rewrite_reserved(text: str) -> str:
-    """Seed 001's rewrite: a space before the colon of role markers, bracket tokens removed."""
-    text = _ROLE_MARKER_RE.sub(r"\1 :", text)
-    return _RESERVED_TOKEN_RE.sub("", text)
+    """A space before the colon of role markers, bracket tokens removed, repeated until none is left.
+
+    Removing a token can join its neighbours into a new one ("<im<unk>age>" -> "<image>"), hence the loop;
+    it ends because every removal shortens the text and a rewritten marker cannot form a new one.
+    """
+    while found := find_reserved(text):
+        for reserved in found:
+            text = text.replace(reserved, reserved[:-1] + " :" if reserved in RESERVED_ROLE_MARKERS else "")
+    return text
+
+
+def find_control_characters(text: str) -> list[str]:
+    """Control characters and BOMs in `text` that must not reach a training file, e.g. ['\\x00']."""
+    return sorted({m.group() for m in _CONTROL_RE.finditer(text)})
+
+
+def remove_control_characters(text: str) -> str:
+    return _CONTROL_RE.sub("", text)
+
+
+def strip_text(text: str) -> str:
+    """`text` without whitespace (tab, NBSP, ...) or zero-width characters at either end: how labels compare."""
+    return text.strip().strip(_ZERO_WIDTH).strip()
 
 
 class _TextExtractor(HTMLParser):
@@ -89,7 +114,7 @@ class TextChange:
 
     row: int
     column: str
-    rule: str  # "html_to_text" | "reserved_rewrite" | "reserved_drop"
+    rule: str  # "html_to_text" | "control_characters" | "reserved_rewrite" | "reserved_drop"
     detail: str
     before: str
     after: str
@@ -136,12 +161,14 @@ def sanitize_frame(
     *,
     html_columns: list[str] | tuple[str, ...] = (),
     reserved: ReservedMode = "rewrite",
+    control_columns: list[str] | tuple[str, ...] | None = None,
 ) -> SanitizeResult:
     """Return a sanitized copy of `frame`; the input frame is never modified.
 
-    `html_columns` are converted from HTML to text first. Reserved strings in `text_columns` are rewritten
-    (seed 001's rule), or their rows dropped, or left in place for the validator to reject ("reject").
-    Row numbers in the record are the input row numbers (see `rows.number_rows`).
+    `html_columns` are converted from HTML to text first. NUL, other control characters and BOMs are removed
+    from `control_columns` (default: `text_columns`) in every mode: they never reach a training file.
+    Reserved strings in `text_columns` are rewritten, or their rows dropped, or left in place for the
+    validator to reject ("reject"). Row numbers in the record are the input row numbers (see `rows.number_rows`).
     """
     if reserved not in RESERVED_MODES:
         raise ValueError(f"reserved must be one of {RESERVED_MODES}, got {reserved!r}")
@@ -158,6 +185,15 @@ def sanitize_frame(
                     values[position] = text
                     changes.append(TextChange(row, column, "html_to_text", "HTML converted to text",
                                               _excerpt(value), _excerpt(text)))
+        out[column] = values
+    for column in text_columns if control_columns is None else control_columns:
+        values = out[column].tolist()
+        for position, (row, value) in enumerate(zip(rows, values)):
+            if isinstance(value, str) and (found := find_control_characters(value)):
+                values[position] = remove_control_characters(value)
+                shown = ", ".join(ascii(c)[1:-1] for c in found)
+                changes.append(TextChange(row, column, "control_characters", f"removed {shown}",
+                                          *_change_excerpts(value, values[position])))
         out[column] = values
     if reserved == "reject":
         return SanitizeResult(out, changes, dropped)

@@ -27,17 +27,18 @@ class SplitPreset:
     def total(self) -> int:
         return sum(v for v in self.sizes.values() if isinstance(v, int))
 
-    def counts(self, n_rows: int, *, scale_to_fit: bool = False) -> dict[str, int]:
-        """Row counts of each split for a table of n_rows rows."""
+    def counts(self, n_rows: int, *, scale_to_fit: bool = False, source: str | None = None) -> dict[str, int]:
+        """Row counts of each split for a table of n_rows rows (`source` names the file in errors)."""
         if all(isinstance(v, int) for v in self.sizes.values()):
-            return scale_sizes(self.sizes, n_rows) if scale_to_fit else dict(self.sizes)
+            return scale_sizes(self.sizes, n_rows, source=source) if scale_to_fit else dict(self.sizes)
         counts = {name: (size if isinstance(size, int) else max(1, min(size[1], round(size[0] * n_rows))))
                   for name, size in self.sizes.items() if size is not None}
         rest = [name for name, size in self.sizes.items() if size is None]
         left = n_rows - sum(counts.values())
         if left < len(rest):
             raise DataError(f"{n_rows} rows are too few for the {self.name} splits "
-                            f"({', '.join(f'{k} {v}' for k, v in counts.items())}, and rows left for {rest})")
+                            f"({', '.join(f'{k} {v}' for k, v in counts.items())}, and rows left for {rest})",
+                            source=source)
         counts.update({name: left for name in rest})
         return {name: counts[name] for name in self.sizes}
 
@@ -85,13 +86,15 @@ def stratified_order(labels: pd.Series | None, n: int, seed: int) -> np.ndarray:
     return np.argsort(rank, kind="stable")
 
 
-def scale_sizes(sizes: dict[str, int], n_rows: int) -> dict[str, int]:
+def scale_sizes(sizes: dict[str, int], n_rows: int, *, source: str | None = None) -> dict[str, int]:
     """Shrink `sizes` proportionally to fit `n_rows` (largest remainder, every split keeps >= 1 row)."""
     total = sum(sizes.values())
     if total <= n_rows:
         return dict(sizes)
     if n_rows < len(sizes):
-        raise DataError(f"{n_rows} rows cannot be split into {len(sizes)} non-empty splits")
+        raise DataError(f"{n_rows} rows cannot be split into {len(sizes)} non-empty splits "
+                        f"({', '.join(sizes)}); add rows or prepare without a split (split=None, --split none)",
+                        source=source)
     exact = {k: v * n_rows / total for k, v in sizes.items()}
     scaled = {k: max(1, int(v)) for k, v in exact.items()}
     by_remainder = sorted(exact, key=lambda k: exact[k] - int(exact[k]), reverse=True)
@@ -160,7 +163,7 @@ def split_with_preset(
         if preset not in SPLIT_PRESETS:
             raise ValueError(unknown_name_message("split preset", preset, SPLIT_PRESETS))
         preset = SPLIT_PRESETS[preset]
-    sizes = preset.counts(len(frame), scale_to_fit=scale_to_fit)
+    sizes = preset.counts(len(frame), scale_to_fit=scale_to_fit, source=frame.attrs.get("source"))
     return split_frame(frame, sizes, label_column=label_column, seed=seed, unions=preset.unions)
 
 

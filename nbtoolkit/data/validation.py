@@ -10,8 +10,8 @@ from typing import Any, Literal
 import pandas as pd
 
 from nbtoolkit.data.formats import SFT_SCHEMA_VERSION
-from nbtoolkit.data.sanitize import RESERVED_STRINGS, find_reserved
-from nbtoolkit.errors import DataError
+from nbtoolkit.data.sanitize import RESERVED_STRINGS, find_control_characters, find_reserved, strip_text
+from nbtoolkit.errors import DataError, closest_name
 
 Severity = Literal["error", "warning"]
 PLATFORMS = ("local", "sagemaker", "bedrock")
@@ -28,6 +28,7 @@ RULES = {
     "blank": "required text is empty",
     "role_order": "roles start with user and alternate user/assistant",
     "reserved_string": "text contains a string reserved by the chat template",
+    "control_character": "text contains NUL, another control character or a BOM",
     "label_not_in_set": "answer is not one of the declared labels",
     "optional_field_consistency": "an optional field is present in some rows but not all",
     "row_count": "number of rows outside the platform's bounds",
@@ -101,6 +102,27 @@ class ValidationReport:
                             column=first.field)
 
 
+def label_key(text: str) -> str:
+    """How near-duplicate labels compare: case, whitespace, punctuation and control characters ignored."""
+    return "".join(ch for ch in text.casefold() if ch.isalnum())
+
+
+def closest_label(value: str, labels: Any) -> str | None:
+    """The label `value` most likely means: same `label_key`, else a close spelling or a prefix of it."""
+    labels = sorted(labels)
+    key = label_key(value)
+    same = [label for label in labels if label_key(label) == key]
+    if same:
+        return same[0]
+    if key:
+        prefixed = [label for label in labels if label_key(label).startswith(key)]
+        if len(prefixed) == 1:
+            return prefixed[0]
+    by_key = {label_key(label): label for label in labels}
+    match = closest_name(key, list(by_key)) if key else None
+    return by_key[match] if match else None
+
+
 def _excerpt(value: Any, limit: int = 120) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -131,8 +153,14 @@ class _Checker:
         if found:
             self.add("reserved_string", "contains " + ", ".join(found) + " (sanitize with reserved='rewrite')",
                      field, value, self.reserved_severity)
-        if label and self.labels is not None and value.strip() not in self.labels:
-            self.add("label_not_in_set", f"not one of {sorted(self.labels)}", field, value)
+        controls = find_control_characters(value)
+        if controls:
+            shown = ", ".join(ascii(c)[1:-1] for c in controls)
+            self.add("control_character", f"contains {shown} (prepare_dataset removes them)", field, value)
+        if label and self.labels is not None and strip_text(value) not in self.labels:
+            closest = closest_label(strip_text(value), self.labels)
+            hint = f"; closest: {closest!r}" if closest else ""
+            self.add("label_not_in_set", f"not one of {sorted(self.labels)}{hint}", field, value)
 
     def keys(self, record: dict, required: tuple[str, ...], allowed: tuple[str, ...] | None) -> bool:
         missing = [k for k in required if k not in record]
@@ -312,4 +340,4 @@ def _check_row_count(c: _Checker, n: int, method: str, platform: str, global_bat
 
 
 __all__ = ["Problem", "ValidationReport", "validate_records", "RULES", "ROW_BOUNDS", "PLATFORMS",
-           "RESERVED_STRINGS"]
+           "RESERVED_STRINGS", "closest_label", "label_key"]

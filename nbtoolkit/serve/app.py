@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi import HTTPException as RouteHTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from starlette.exceptions import HTTPException
 
 from nbtoolkit.serve.engine import ChatEngine, Completion, GenerationSettings, RequestError
@@ -41,7 +42,13 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
+
+
+# torch.manual_seed takes any 64-bit value, signed or not.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+DEFAULT_MAX_REQUEST_BYTES = 1_048_576
+_NUMBERS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n")
 
 
 class ChatCompletionRequest(BaseModel):
@@ -51,17 +58,64 @@ class ChatCompletionRequest(BaseModel):
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     n: int = 1
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
     tools: list[Any] | None = None
+
+    @field_validator(*_NUMBERS, mode="before")
+    @classmethod
+    def _a_json_number(cls, value: Any) -> Any:
+        # Pydantic's lax mode would read true as 1 and "8" as 8; the OpenAI API takes JSON numbers only.
+        if value is not None and (isinstance(value, (bool, str)) or not isinstance(value, (int, float))):
+            raise ValueError(f"must be a number, got {json.dumps(value) if _is_json(value) else type(value).__name__}")
+        return value
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body above `limit` bytes gets 413 before it is read whole, parsed or
+    tokenized (checked on Content-Length, and while reading a body sent without one)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.strip().isdigit() or int(length) > self.limit):
+            response = _error(413, f"the request body has {length.decode(errors='replace')} bytes; this server "
+                                   f"takes at most {self.limit:,}", code="request_too_large")
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise RouteHTTPException(413, f"the request body is larger than {self.limit:,} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 def _error_body(message: str, *, kind: str = "invalid_request_error", param: str | None = None,
@@ -78,9 +132,13 @@ def _sse(data: dict[str, Any] | str) -> str:
 
 
 def create_app(engine: ChatEngine, *, api_key: str | None = None, default_max_tokens: int = 256,
-               max_tokens_limit: int = 2048) -> FastAPI:
-    """A FastAPI app serving `engine`; with `api_key`, every /v1 route needs `Authorization: Bearer <key>`."""
+               max_tokens_limit: int = 2048, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
+    """A FastAPI app serving `engine`; with `api_key`, every /v1 route needs `Authorization: Bearer <key>`.
+
+    Bodies above `max_request_bytes` get 413 before they are parsed.
+    """
     app = FastAPI(title="nbtoolkit chat server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_BodyLimit, limit=max_request_bytes)
     expected = api_key.encode() if api_key else None
 
     @app.middleware("http")
@@ -113,7 +171,8 @@ def create_app(engine: ChatEngine, *, api_key: str | None = None, default_max_to
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-        return _error(error.status_code, f"{request.method} {request.url.path}: {error.detail}", kind=kind)
+        code = "request_too_large" if error.status_code == 413 else None
+        return _error(error.status_code, f"{request.method} {request.url.path}: {error.detail}", kind=kind, code=code)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, error: Exception):

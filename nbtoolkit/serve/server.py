@@ -45,6 +45,8 @@ class ServeConfig:
         "help": "model id shown by /v1/models and expected in requests; default: the run directory's name"})
     default_max_tokens: int = field(default=256, metadata={"help": "max_tokens when a request sets none"})
     max_tokens_limit: int = field(default=2048, metadata={"help": "largest max_tokens a request may ask for"})
+    max_request_bytes: int = field(default=1_048_576, metadata={
+        "help": "largest request body in bytes; larger ones get 413 before they are parsed or tokenized"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda or None (auto)"})
     dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16, float16 or None (auto)"})
     threads: int | None = field(default=None, metadata={
@@ -62,6 +64,9 @@ class ServeConfig:
             raise ValueError("api_key is empty: pass a non-empty key or None for no key")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
+        if isinstance(self.max_request_bytes, bool) or not isinstance(self.max_request_bytes, int) \
+                or self.max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes must be a positive integer, got {self.max_request_bytes!r}")
         if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
             raise ValueError(f"default_max_tokens must be in 1..max_tokens_limit ({self.max_tokens_limit}), got "
                              f"{self.default_max_tokens}")
@@ -114,7 +119,7 @@ def build_app(config: ServeConfig):
         torch.set_num_threads(threads)
     engine = ChatEngine(loaded, config.served_name or served_name(config.model))
     return create_app(engine, api_key=config.api_key, default_max_tokens=config.default_max_tokens,
-                      max_tokens_limit=config.max_tokens_limit), engine
+                      max_tokens_limit=config.max_tokens_limit, max_request_bytes=config.max_request_bytes), engine
 
 
 def _uvicorn_server(app, config: ServeConfig, port: int):
