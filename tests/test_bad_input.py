@@ -392,3 +392,113 @@ def test_a_body_over_the_cap_gets_413_before_it_is_parsed_or_tokenized(served):
     response = client.post("/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
     assert engine.encoded == 0
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def test_metrics_after_the_resumed_checkpoint_are_dropped_once():
+    import tempfile
+
+    from nbtoolkit.runtime.events import drop_metrics_after, read_metrics
+
+    with tempfile.TemporaryDirectory() as folder:
+        rows = [{"step": 0, "phase": "precheck"}, {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9},
+                {"step": 3, "loss": 0.8}, {"message": "no step"}]
+        (Path(folder) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4')
+        assert drop_metrics_after(folder, 2) == 1
+        assert read_metrics(folder) == rows[:3] + rows[4:]
+
+
+@pytest.mark.slow
+def test_a_run_resumed_after_a_failed_checkpoint_logs_each_step_once(tmp_path, monkeypatch):
+    import torch
+
+    from nbtoolkit.models import tiny_model
+    from nbtoolkit.runtime.events import read_metrics
+    from nbtoolkit.training import sft
+    from test_sft import chat_rows, full_config, train, write_rows
+
+    model_dir = tiny_model(seed=0, vocab_from=None).save(tmp_path / "model")
+    train_file = write_rows(tmp_path / "train.jsonl", chat_rows(24))
+    real_write, written = sft._write_trainer_state, []
+
+    def fail_on_second(path, progress):
+        if written:
+            raise OSError("disk full")
+        written.append(progress.step)
+        real_write(path, progress)
+
+    monkeypatch.setattr(sft, "_write_trainer_state", fail_on_second)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            train(full_config(save_steps=1, max_steps=3), model_dir, train_file, tmp_path / "run")
+        monkeypatch.setattr(sft, "_write_trainer_state", real_write)
+        train(full_config(save_steps=1, max_steps=3), model_dir, train_file, tmp_path / "run", resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    steps = [row["step"] for row in read_metrics(tmp_path / "run") if "loss" in row]
+    assert steps == [1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------------ job state
+
+
+FAULTY_JOB = '''
+import errno
+
+import nbtoolkit.runtime.worker as worker
+
+
+def end_on_a_bad_disk(config, *, run_dir, log=None, code="ENOSPC", **_):
+    """Trains 'fine', then the disk refuses result.json and status.json, as a full or read-only one does."""
+    real = worker.write_json_atomic
+
+    def refuse(path, data):
+        if str(path).endswith(("result.json", "status.json")) and "IN_PROGRESS" not in str(data):
+            raise OSError(getattr(errno, code), "injected", str(path))
+        return real(path, data)
+
+    worker.write_json_atomic = refuse
+    log.metric(step=1, loss=1.0)
+    return {"steps": 1}
+'''
+
+
+@pytest.fixture
+def faulty_kind(tmp_path):
+    path = tmp_path / "faulty_job.py"
+    path.write_text(FAULTY_JOB)
+    return f"{path}:end_on_a_bad_disk"
+
+
+def test_a_job_whose_result_cannot_be_written_is_failed_with_the_cause(tmp_path, faulty_kind):
+    from nbtoolkit.runtime import JobSpec, LocalRuntime
+
+    job = LocalRuntime(tmp_path / "runs").launch(JobSpec(faulty_kind, name="full-disk"))
+    result = job.wait(progress=False, poll=0.1, timeout=120, raise_on_failure=False)
+    status = job.status()
+    assert status.state == "FAILED" and result.status == "FAILED"
+    assert "cannot write result.json: the disk is full" in status.reason, status.reason
+    assert result.reason == status.reason
+
+
+def test_status_and_wait_never_raise_for_a_read_only_run_directory(tmp_path, faulty_kind, monkeypatch):
+    import nbtoolkit.runtime.local as local
+    from nbtoolkit.runtime import JobSpec, LocalRuntime
+
+    job = LocalRuntime(tmp_path / "runs").launch(JobSpec(faulty_kind, name="read-only", extra={"code": "EROFS"}))
+    while job._process.poll() is None:
+        job._process.wait(timeout=120)
+
+    def read_only(path, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(local, "write_json_atomic", read_only)
+    status = job.status()
+    assert status.state == "FAILED"
+    assert "read-only" in status.reason and "update status.json" in status.reason, status.reason
+    result = job.wait(progress=False, raise_on_failure=False)
+    assert result.status == "FAILED" and "read-only" in result.reason

@@ -13,7 +13,7 @@ import pandas as pd
 
 from nbtoolkit.data.rows import row_numbers
 
-# Case-sensitive substrings that clash with the Nova chat template (see docs/data.md).
+# Case-sensitive substrings that clash with the Nova chat template (docs/data.md).
 RESERVED_ROLE_MARKERS = (
     "System:", "SYSTEM:", "User:", "USER:", "Bot:", "BOT:", "Assistant:", "ASSISTANT:", "Thought:",
 )

@@ -120,6 +120,21 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def drop_metrics_after(run_dir: str | os.PathLike, step: int) -> int:
+    """Remove the metrics.jsonl rows of steps after `step`, the checkpoint a run resumes from: the resumed run
+    logs those steps again. Rewritten atomically; returns how many rows were dropped."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if line.endswith("\n")]
+    kept = [line for line in lines if not line.strip() or not isinstance(json.loads(line).get("step"), (int, float))
+            or json.loads(line)["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 def new_run_dir(parent: str | os.PathLike, prefix: str) -> Path:
     """A fresh run directory `<parent>/<prefix>-<UTC time>[-n]`; never an existing one."""
     parent = Path(parent)

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from nbtoolkit.errors import NbtoolkitError, unknown_name_message
+from nbtoolkit.errors import NbtoolkitError, os_error_message, unknown_name_message
 from nbtoolkit.runtime.events import (
     COMPLETED,
     FAILED,
@@ -49,7 +49,7 @@ from nbtoolkit.runtime.events import (
     write_json_atomic,
 )
 from nbtoolkit.runtime.results import TrainingResult
-from nbtoolkit.runtime.worker import BUILTIN_KINDS, CANCELLED, load_job_function
+from nbtoolkit.runtime.worker import BUILTIN_KINDS, CANCELLED, WORKER_FAILED, load_job_function
 from nbtoolkit.training.config import CONFIGS, MethodConfig, RFTLoraConfig
 
 TRAINING_KINDS = ("sft_lora", "sft_full", "rft_lora")
@@ -271,6 +271,31 @@ class _Text(str):
         return str(self)
 
 
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Cancelled)\b(?::.*)?$")
+
+
+def death_reason(run_dir: Path, returncode: int | None = None) -> str:
+    """Why a worker ended without recording it: its own last word in stdout.log, the exception its traceback
+    ends with, or the signal that killed it; DIED_REASON when nothing says more."""
+    try:
+        lines = [line.strip() for line in _tail(run_dir / STDOUT_FILE, 60).splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    said = [line for line in lines if line.startswith(WORKER_FAILED)]
+    if said:
+        return said[-1][len(WORKER_FAILED):].strip()
+    raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    if raised:
+        return f"process died: {raised[-1]}"
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"process died: killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return DIED_REASON
+
+
 def _tail(path: Path, lines: int) -> str:
     if not path.exists() or lines <= 0:
         return ""
@@ -347,9 +372,18 @@ class Job:
     # -- reading ----------------------------------------------------------------------------------------------
 
     def status(self) -> JobStatus:
-        """Where the job is; a worker that vanished without a word (SIGKILL, OOM) is reported FAILED."""
+        """Where the job is; a worker that vanished without a word (SIGKILL, OOM, a full disk) is reported
+        FAILED with the cause its output shows. A disk that fails reading or writing status.json is part of
+        the reason, never an OSError."""
         path = self.run_dir / STATUS_FILE
-        data = read_json(path) or {"state": IN_PROGRESS, "reason": "starting"}
+        try:
+            data = read_json(path) or {"state": IN_PROGRESS, "reason": "starting"}
+        except (OSError, ValueError) as error:
+            unreadable = os_error_message(error, f"read {STATUS_FILE}") if isinstance(error, OSError) \
+                else f"{STATUS_FILE} is not valid JSON"
+            pid = self._pid_from_file()
+            alive = pid is not None and self._alive(pid)
+            return JobStatus(IN_PROGRESS if alive else FAILED, unreadable, pid=pid)
         if data.get("state") != IN_PROGRESS:
             return JobStatus.from_dict(data)
         if data.get("host") and data["host"] != socket.gethostname():
@@ -357,14 +391,22 @@ class Job:
         pid = data.get("pid") or self._pid_from_file()
         if pid is None or self._alive(pid):
             return JobStatus.from_dict({**data, "pid": pid})
-        again = read_json(path) or data
+        try:
+            again = read_json(path) or data
+        except (OSError, ValueError):
+            again = data
         if again.get("state") != IN_PROGRESS:
             return JobStatus.from_dict(again)  # it finished between the two reads
-        died = {**again, "state": FAILED, "reason": DIED_REASON, "pid": pid, "ended": utc_now()}
-        if self._process is not None and self._process.returncode is not None:
-            died["returncode"] = self._process.returncode
-        write_json_atomic(path, died)
-        RunLog(self.run_dir, echo=None).info(f"FAILED: {DIED_REASON} (pid {pid} is gone; see {STDOUT_FILE})")
+        returncode = self._process.returncode if self._process is not None else None
+        died = {**again, "state": FAILED, "reason": death_reason(self.run_dir, returncode), "pid": pid,
+                "ended": utc_now()}
+        if returncode is not None:
+            died["returncode"] = returncode
+        try:
+            write_json_atomic(path, died)
+            RunLog(self.run_dir, echo=None).info(f"FAILED: {died['reason']} (pid {pid} is gone; see {STDOUT_FILE})")
+        except OSError as error:
+            died["reason"] += f"; {os_error_message(error, f'update {STATUS_FILE}')}"
         return JobStatus.from_dict(died)
 
     def _pid_from_file(self) -> int | None:

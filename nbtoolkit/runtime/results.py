@@ -121,8 +121,9 @@ class TrainingResult:
         if status.get("state") == IN_PROGRESS:
             from nbtoolkit.runtime.local import Job
 
-            Job(run_dir).status()  # records FAILED when the worker died without a word
-            status = read_json(run_dir / STATUS_FILE, {})
+            live = Job(run_dir).status()  # FAILED when the worker died without a word (even if unrecorded)
+            status = {**status, "state": live.state, "reason": live.reason, "stopped": live.stopped,
+                      "ended": live.ended}
         if result is None or result.get("attempt", 0) < status.get("attempt", 0):
             # No result (yet), or only an older attempt's: the status file is the truth.
             result = {"status": status.get("state", IN_PROGRESS), "reason": status.get("reason"),

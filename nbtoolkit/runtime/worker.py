@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nbtoolkit.errors import os_error_message
 from nbtoolkit.runtime.events import (
     COMPLETED,
     FAILED,
@@ -36,6 +37,8 @@ from nbtoolkit.runtime.events import (
 )
 
 BUILTIN_KINDS = ("sft_lora", "sft_full", "rft_lora", "eval")
+# The line a worker prints (to stdout.log) when it cannot record its end in status.json.
+WORKER_FAILED = "nbtoolkit worker: FAILED:"
 CANCELLED = "cancelled"
 TRACEBACK_LINES = 15
 
@@ -195,12 +198,15 @@ def run(run_dir: str | os.PathLike) -> int:
         reason = CANCELLED if stopper.event.is_set() else f"{type(error).__name__}: {error}"
         lines = traceback.format_exc().rstrip().splitlines()
         traceback.print_exc()
-        if stopper.event.is_set():
-            log.info(f"stopped with {type(error).__name__}: {error}")
-        else:
-            log.info(f"FAILED: {reason}")
-            for line in lines[-TRACEBACK_LINES:]:
-                log.info(f"  {line}")
+        try:
+            if stopper.event.is_set():
+                log.info(f"stopped with {type(error).__name__}: {error}")
+            else:
+                log.info(f"FAILED: {reason}")
+                for line in lines[-TRACEBACK_LINES:]:
+                    log.info(f"  {line}")
+        except OSError:  # the disk that failed the job may refuse the log too; status.json is tried below
+            pass
     finally:
         # Signals from here on would only interrupt the bookkeeping.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -212,10 +218,21 @@ def run(run_dir: str | os.PathLike) -> int:
     result = {"status": state, "reason": reason, "stopped": stopped, "kind": kind, "name": job["spec"].get("name"),
               "run_dir": str(run_dir), "attempt": attempt, "started": started_wall, "ended": ended,
               "seconds": seconds, "output": output}
-    write_json_atomic(run_dir / RESULT_FILE, result)
-    write_json_atomic(run_dir / STATUS_FILE, {**status, "state": state, "reason": reason, "stopped": stopped,
-                                              "ended": ended, "seconds": seconds})
-    log.info(f"{state}" + (f" ({reason})" if reason else "") + f" after {seconds:.1f} s")
+    try:
+        write_json_atomic(run_dir / RESULT_FILE, result)
+    except OSError as error:  # a full or read-only disk: the outcome is lost, so the run failed, and says why
+        state = result["status"] = FAILED
+        reason = result["reason"] = os_error_message(error, f"write {RESULT_FILE}")
+        print(f"{WORKER_FAILED} {reason}", file=sys.stderr, flush=True)
+    try:
+        write_json_atomic(run_dir / STATUS_FILE, {**status, "state": state, "reason": reason, "stopped": stopped,
+                                                  "ended": ended, "seconds": seconds})
+        log.info(f"{state}" + (f" ({reason})" if reason else "") + f" after {seconds:.1f} s")
+    except OSError as error:
+        # Nothing more can be kept here; Job.status() reads this line from stdout.log (if that disk takes it).
+        print(f"{WORKER_FAILED} {reason or os_error_message(error, f'write {STATUS_FILE}')}", file=sys.stderr,
+              flush=True)
+        return 1
     # After status.json, so nobody waits for MLflow; a cancelled job gets little time (cancel() waits for us).
     tracker.finish(state, result, timeout=5.0 if stopped else 60.0)
     return 0 if state == COMPLETED else 1

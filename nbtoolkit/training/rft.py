@@ -37,7 +37,7 @@ from nbtoolkit.generation import encode_prompts, generate_replies, sample_groups
 from nbtoolkit.models import LoadedModel, answer_terminator, answer_terminator_ids, load_model
 from nbtoolkit.models.threads import CoreShare
 from nbtoolkit.rewards import as_trl_reward, get_reward, positive_reward_share
-from nbtoolkit.runtime.events import RunLog, read_metrics, write_json_atomic
+from nbtoolkit.runtime.events import RunLog, drop_metrics_after, read_metrics, write_json_atomic
 from nbtoolkit.training.config import RFTLoraConfig
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -556,6 +556,8 @@ def run_rft(
                          "run: pass resume=True to continue it, or choose a new run directory")
     if resume and checkpoint is None:
         warn(f"resume=True but {run_dir / CHECKPOINTS_DIR} holds no checkpoint: starting at step 0")
+    if resume and checkpoint is not None:
+        drop_metrics_after(run_dir, int(checkpoint.name.rsplit("-", 1)[-1]))
     if config.reasoning_effort is not None:
         warn(f"reasoning_effort={config.reasoning_effort!r} applies to Nova models only; ignored here")
     reward_name = getattr(reward_fn, "__name__", "custom") if reward_fn is not None else config.reward

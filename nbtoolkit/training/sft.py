@@ -37,7 +37,7 @@ from nbtoolkit.generation import encode_prompts
 from nbtoolkit.generation import shared_prefix_length as token_prefix_length
 from nbtoolkit.models import answer_terminator_ids, load_model
 from nbtoolkit.models.threads import CoreShare
-from nbtoolkit.runtime.events import METRICS_FILE, RunLog, write_json_atomic
+from nbtoolkit.runtime.events import METRICS_FILE, RunLog, drop_metrics_after, write_json_atomic
 from nbtoolkit.training.config import SFTFullConfig, SFTLoraConfig
 from nbtoolkit.training.selection import (
     SELECTION_METRIC,
@@ -667,6 +667,7 @@ def run_sft(
     progress = _Progress(config=config.to_dict())
     if checkpoint is not None and resume:
         progress = _load_checkpoint(checkpoint, net, optimizer, scheduler, lora, device)
+        drop_metrics_after(run_dir, progress.step)
         changed = _describe_changes(progress.config, config.to_dict())
         if changed:
             log.warning(f"resuming with changed settings {changed}: the run is no longer one reproducible run")
