@@ -265,6 +265,13 @@ def test_common_column_names_map_to_question_and_answer(question, answer):
     assert prepared.labels == ("neg", "pos")
 
 
+def test_an_instruction_keeps_its_input_column():
+    frame = pd.DataFrame({"instruction": ["Add", "Sort"] * 5, "input": ["1 2", ""] * 5, "output": ["3", "ok"] * 5})
+    prepared = prepare_dataset(frame, PrepareConfig(split=None))
+    assert prepared.mapping.question == ("instruction", "input") and prepared.mapping.answer == ("output",)
+    assert list(prepared.splits["all"]["question"][:2]) == ["Add\n\n1 2", "Sort"]
+
+
 def test_an_unmappable_table_fails_with_the_fix_instead_of_dropping_columns(tmp_path, capsys):
     path = tmp_path / "data.csv"
     path.write_text("text,verdict\n" + "".join(f"t{i},{i % 2}\n" for i in range(10)))

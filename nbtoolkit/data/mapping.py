@@ -30,6 +30,7 @@ Columns = tuple[str, ...]
 
 # Column names that commonly hold a question or an answer (compared case-insensitively), in preference order;
 # used when no column carries the service's own key name, e.g. a `text,label` classification file.
+# An `input` or `context` column next to the question is joined to it (Alpaca's instruction + input).
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "question": ("question", "query", "prompt", "instruction", "input", "text", "sentence", "content", "review"),
     "answer": ("answer", "response", "reference_answer", "completion", "output", "label", "labels", "target",
@@ -168,6 +169,11 @@ def infer_mapping(frame: pd.DataFrame, method: str = "sft", *, system_prompt: st
                           if a in by_lower and by_lower[a] not in used), None)
             if alias is not None:
                 kwargs[attribute] = alias
+        # An instruction's optional context column travels with it (Alpaca: instruction, input, output).
+        context = next((by_lower[c] for c in ("input", "context") if c in by_lower), None)
+        question = kwargs.get("question")
+        if context is not None and question is not None and context not in (question, kwargs.get("answer")):
+            kwargs["question"] = (question, context)
     if system_prompt is not None:
         kwargs.pop("system", None)
         kwargs["system_prompt"] = system_prompt

@@ -228,7 +228,9 @@ def inspect_labels(answers: pd.Series, declared: tuple[str, ...] | None = None
         return declared, findings
     findings: list[LabelFinding] = []
     kept: dict[str, int] = {}
-    typical = int(counts.median()) if len(counts) else 0
+    if len(counts) == 0 or len(counts) > 2 * MAX_INFERRED_LABELS:
+        return None, []  # free text, not labels (and no pairwise comparison of thousands of answers)
+    typical = int(counts.median())
     for value, count in counts.items():  # most frequent first: a variant is judged against the main spelling
         count = int(count)
         closest = closest_label(value, kept) if kept else None
