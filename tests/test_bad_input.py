@@ -306,11 +306,12 @@ def test_prepare_config_accepts_a_mapping_dict_and_a_single_html_column():
     assert config.mapping == ColumnMapping(question="q", answer="a") and config.html_columns == ("Body",)
 
 
-def test_too_few_rows_to_split_names_the_file(tmp_path):
+@pytest.mark.parametrize("split,message", [("seed-003", "2 rows cannot be split"), ("holdout", "2 rows are too few")])
+def test_too_few_rows_to_split_names_the_file(tmp_path, split, message):
     path = tmp_path / "two.csv"
     path.write_text("question,answer\nq1,a\nq2,b\n")
-    with pytest.raises(DataError, match="two.csv: 2 rows cannot be split"):
-        prepare_dataset(path, PrepareConfig())
+    with pytest.raises(DataError, match=f"two.csv: {message}"):
+        prepare_dataset(path, PrepareConfig(split=split))
 
 
 def test_repeated_stages_are_refused():
