@@ -2,7 +2,7 @@
 
 Each test asserts that only success or one of nbtoolkit's own errors (`NbtoolkitError`) comes out, and that
 success never writes a NUL, a BOM or an unstripped answer and never touches the input. The default example
-counts keep each test at a few seconds; `NBTOOLKIT_FUZZ_EXAMPLES=1000` raises them, and
+counts (30 each) keep each test at a few seconds; `NBTOOLKIT_FUZZ_EXAMPLES=1000` raises them, and
 `NBTOOLKIT_FUZZ_CENSUS=path.json` counts outcomes (raw exceptions included) instead of failing on the first.
 """
 
@@ -27,7 +27,7 @@ from nbtoolkit.data.mapping import ColumnMapping
 from nbtoolkit.data.prepare import PrepareConfig, prepare_dataset
 from nbtoolkit.errors import NbtoolkitError
 
-EXAMPLES = int(os.environ.get("NBTOOLKIT_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("NBTOOLKIT_FUZZ_EXAMPLES", "30"))
 CENSUS_PATH = os.environ.get("NBTOOLKIT_FUZZ_CENSUS")
 # database=None: no .hypothesis/ folder in the repository; a failure prints its example anyway.
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
