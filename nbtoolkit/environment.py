@@ -66,7 +66,7 @@ class PackageCheck:
         return f'"{self.name}{self.required}"'
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class EnvironmentReport:
     """The kernel against nbtoolkit's requirements; `pip_command()` is the line that fixes what is wrong."""
 
@@ -130,6 +130,8 @@ class EnvironmentReport:
                   for row in [_HEADER] + table]
         fix = [self.pip_command()] if self.python_ok and self.problems else []
         return "\n".join(lines + ["", self.verdict()] + fix)
+
+    __repr__ = __str__
 
     def _repr_html_(self) -> str:
         cells = "".join(
