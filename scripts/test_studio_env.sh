@@ -27,6 +27,15 @@ if [ -z "$python312" ]; then
     exit 0
 fi
 
+# The lines of a constraints file whose package is not in the newline-separated, normalized list $1.
+without() {
+    local line name
+    grep -v '^#' "$2" | while IFS= read -r line; do
+        name="$(echo "${line%%==*}" | tr 'A-Z_' 'a-z-')"
+        echo "$1" | grep -qx "$name" || echo "$line"
+    done
+}
+
 # The package indexes configured on these machines print one warning per missing project: hide only those.
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 
@@ -39,25 +48,39 @@ want="$(cat scripts/constraints-studio.txt scripts/test_studio_env.sh | sha256su
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # torch 2.8.0 on PyPI is the CUDA build with its nvidia-* libraries (about 3 GB to download): the only torch
     # 2.8 PyPI serves for Linux x86_64, and it runs on the CPU. This is the slow step, done once per venv.
+    # What they pull in gets the versions tested on main: left free, pip backtracks for many minutes (s3fs,
+    # aiobotocore and fsspec under sagemaker).
+    studio_names="$(grep -v '^#' scripts/constraints-studio.txt | cut -d= -f1 | tr 'A-Z_' 'a-z-')"
+    { grep -v '^#' scripts/constraints-studio.txt; without "$studio_names" scripts/constraints.txt; } \
+        > "$VENV/constraints-image.txt"
     say "installing the Studio image's packages: $(grep -v '^#' scripts/constraints-studio.txt | tr '\n' ' ')"
-    pip install --quiet -c scripts/constraints-studio.txt \
-        $(grep -v '^#' scripts/constraints-studio.txt | cut -d= -f1) build
+    pip install --quiet -c "$VENV/constraints-image.txt" $studio_names build
     pip freeze > "$VENV/studio-image.txt"
     echo "$want" > "$stamp"
 fi
 
 # Everything the Studio image does not hold gets the versions tested on main (scripts/constraints.txt), so that
 # this run fails for the kernel's versions, not for a dependency released yesterday.
-image_names="$(cut -d= -f1 "$VENV/studio-image.txt" | tr 'A-Z_' 'a-z-' | sort -u)"
-while IFS= read -r line; do
-    name="$(echo "${line%%==*}" | tr 'A-Z_' 'a-z-')"
-    echo "$image_names" | grep -qx "$name" || echo "$line"
-done < <(grep -v '^#' scripts/constraints.txt) > "$VENV/constraints-rest.txt"
+without "$(cut -d= -f1 "$VENV/studio-image.txt" | tr 'A-Z_' 'a-z-')" scripts/constraints.txt \
+    > "$VENV/constraints-rest.txt"
 
 say "building the wheel"
 rm -rf dist
 "$VENV/bin/python" -m build --wheel --outdir dist . > "$VENV/build.log" 2>&1 || { cat "$VENV/build.log"; exit 1; }
 wheel="$(ls dist/nbtoolkit-*.whl)"
+
+# The wheel alone, in a new venv with nothing but its base requirements: it imports, its CLI answers, and the
+# synthetic data (read from the package's data files) comes out.
+clean="$VENV/clean"
+rm -rf "$clean"
+"$python312" -m venv "$clean"
+say "installing $wheel (no extras) into a new venv"
+"$clean/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel" \
+    2> >(grep -v "is ignored: it is neither" >&2)
+(cd "$clean" && PYTHONPATH= bin/python -c "import nbtoolkit, nbtoolkit.environment" && PYTHONPATH= bin/nbtoolkit --help >/dev/null \
+    && PYTHONPATH= bin/nbtoolkit synthetic --out synthetic.csv --rows 60 >/dev/null && test -s synthetic.csv)
+say "clean venv: import nbtoolkit, nbtoolkit --help, nbtoolkit synthetic: OK"
+rm -rf "$clean"
 say "installing $wheel[local,notebook,dev] the Studio way (nothing pins the kernel's numpy, pandas, torch)"
 pip uninstall --quiet --yes nbtoolkit 2>/dev/null || true
 pip install --quiet -c "$VENV/constraints-rest.txt" "$wheel[local,notebook,dev]"
