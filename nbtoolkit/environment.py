@@ -174,7 +174,8 @@ def nbtoolkit_requirements(extras: Iterable[str] = DEFAULT_EXTRAS) -> tuple[str,
         if requirement.marker is None or any(requirement.marker.evaluate({"extra": extra})
                                              for extra in ("", *extras)):
             lines.append(str(requirement).split(";")[0].strip())
-    return distribution.metadata.get("Requires-Python", ""), lines
+    python_required = distribution.metadata.get("Requires-Python", "")
+    return _lower_bounds_first(str(spec) for spec in SpecifierSet(python_required)), lines
 
 
 def merge_requirements(lines: Iterable[str]) -> dict[str, str]:
@@ -185,7 +186,11 @@ def merge_requirements(lines: Iterable[str]) -> dict[str, str]:
         name, parts = merged.setdefault(canonicalize_name(requirement.name), (requirement.name, []))
         # Keep the order written in pyproject.toml (">=2.8,<2.15"); SpecifierSet would sort it.
         parts += [str(spec) for spec in requirement.specifier if str(spec) not in parts]
-    return {name: ",".join(sorted(parts, key=lambda part: not part.startswith(">"))) for name, parts in merged.values()}
+    return {name: _lower_bounds_first(parts) for name, parts in merged.values()}
+
+
+def _lower_bounds_first(parts: Iterable[str]) -> str:
+    return ",".join(sorted(parts, key=lambda part: not part.startswith(">")))
 
 
 def installed_version(name: str) -> str | None:

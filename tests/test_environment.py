@@ -83,3 +83,15 @@ def test_the_requirements_are_the_checkouts_pyproject():
 def test_this_test_environment_meets_every_requirement():
     checked = check_environment(["local", "notebook", "dev"])
     assert checked.ok, str(checked)
+
+
+def test_an_installed_wheel_answers_from_its_metadata(monkeypatch):
+    from types import SimpleNamespace
+
+    import nbtoolkit.environment as environment
+
+    wheel = SimpleNamespace(requires=["numpy>=1.26", 'torch<2.15,>=2.8; extra == "local"', 'pytest>=8; extra == "dev"'],
+                            metadata={"Requires-Python": "<3.14,>=3.11"})
+    monkeypatch.setattr(environment, "_CHECKOUT_PYPROJECT", NOWHERE)
+    monkeypatch.setattr(environment.metadata, "distribution", lambda name: wheel)
+    assert nbtoolkit_requirements(["local"]) == (">=3.11,<3.14", ["numpy>=1.26", "torch<2.15,>=2.8"])
