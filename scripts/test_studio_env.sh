@@ -13,14 +13,18 @@ VENV="${NBTOOLKIT_STUDIO_VENV:-.venv-studio}"
 started=$SECONDS
 say() { echo "[studio-env] $*"; }
 
-python312=""
-for candidate in "${STUDIO_PYTHON:-}" python3.12 "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/3.12*/bin/python3.12; do
-    if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 \
-        && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
-        python312="$candidate"
-        break
-    fi
-done
+# The first interpreter of Python $1 (e.g. 3.12) on PATH or under pyenv, or nothing.
+find_python() {
+    local candidate
+    for candidate in "python$1" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$1".*/bin/python"$1"; do
+        if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c \
+            "import sys; sys.exit('%d.%d' % sys.version_info[:2] != '$1')" 2>/dev/null; then
+            command -v "$candidate"
+            return
+        fi
+    done
+}
+python312="${STUDIO_PYTHON:-$(find_python 3.12)}"
 if [ -z "$python312" ]; then
     say "SKIPPED: no Python 3.12 on this machine (install one, or set STUDIO_PYTHON=/path/to/python3.12);"
     say "the Studio-image environment (numpy 1.26, pandas 2.3, torch 2.8) was NOT tested"
@@ -44,7 +48,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$python312" -m venv "$VENV"
 fi
 stamp="$VENV/.studio-image-installed"
-want="$(cat scripts/constraints-studio.txt scripts/test_studio_env.sh | sha256sum | cut -d' ' -f1)"
+image_packages="build wheel setuptools>=68"
+want="$(echo "$image_packages" | cat - scripts/constraints-studio.txt scripts/constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # torch 2.8.0 on PyPI is the CUDA build with its nvidia-* libraries (about 3 GB to download): the only torch
     # 2.8 PyPI serves for Linux x86_64, and it runs on the CPU. This is the slow step, done once per venv.
@@ -54,7 +59,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     { grep -v '^#' scripts/constraints-studio.txt; without "$studio_names" scripts/constraints.txt; } \
         > "$VENV/constraints-image.txt"
     say "installing the Studio image's packages: $(grep -v '^#' scripts/constraints-studio.txt | tr '\n' ' ')"
-    pip install --quiet -c "$VENV/constraints-image.txt" $studio_names build
+    pip install --quiet -c "$VENV/constraints-image.txt" $studio_names $image_packages
     pip freeze > "$VENV/studio-image.txt"
     echo "$want" > "$stamp"
 fi
@@ -66,21 +71,32 @@ without "$(cut -d= -f1 "$VENV/studio-image.txt" | tr 'A-Z_' 'a-z-')" scripts/con
 
 say "building the wheel"
 rm -rf dist
-"$VENV/bin/python" -m build --wheel --outdir dist . > "$VENV/build.log" 2>&1 || { cat "$VENV/build.log"; exit 1; }
+"$VENV/bin/python" -m build --wheel --no-isolation --outdir dist . > "$VENV/build.log" 2>&1 \
+    || { cat "$VENV/build.log"; exit 1; }
 wheel="$(ls dist/nbtoolkit-*.whl)"
 
-# The wheel alone, in a new venv with nothing but its base requirements: it imports, its CLI answers, and the
-# synthetic data (read from the package's data files) comes out.
+# The wheel alone, in a venv with nothing but its base requirements (Python 3.13 when there is one, so the newest
+# supported Python is covered too): it imports, its CLI answers, and the synthetic data (read from the package's
+# data files) comes out. The venv is rebuilt when pyproject.toml changes; otherwise only the wheel is replaced.
 clean="$VENV/clean"
-rm -rf "$clean"
-"$python312" -m venv "$clean"
-say "installing $wheel (no extras) into a new venv"
-"$clean/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel" \
-    2> >(grep -v "is ignored: it is neither" >&2)
-(cd "$clean" && PYTHONPATH= bin/python -c "import nbtoolkit, nbtoolkit.environment" && PYTHONPATH= bin/nbtoolkit --help >/dev/null \
-    && PYTHONPATH= bin/nbtoolkit synthetic --out synthetic.csv --rows 60 >/dev/null && test -s synthetic.csv)
-say "clean venv: import nbtoolkit, nbtoolkit --help, nbtoolkit synthetic: OK"
-rm -rf "$clean"
+clean_python="$(find_python 3.13)"
+clean_python="${clean_python:-$python312}"
+clean_want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) $clean_python"
+if [ ! -f "$clean/.stamp" ] || [ "$(cat "$clean/.stamp")" != "$clean_want" ]; then
+    rm -rf "$clean"
+    "$clean_python" -m venv "$clean"
+    say "installing $wheel (no extras) into a new venv with $("$clean_python" --version)"
+    "$clean/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel" \
+        2> >(grep -v "is ignored: it is neither" >&2)
+    echo "$clean_want" > "$clean/.stamp"
+else
+    "$clean/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$wheel" \
+        2> >(grep -v "is ignored: it is neither" >&2)
+fi
+(cd "$clean" && export PYTHONPATH= && bin/python -c "import nbtoolkit, nbtoolkit.environment" \
+    && bin/nbtoolkit --help >/dev/null && bin/nbtoolkit synthetic --out synthetic.csv --rows 60 >/dev/null \
+    && test -s synthetic.csv && rm synthetic.csv)
+say "the wheel alone on $("$clean/bin/python" --version): import nbtoolkit, nbtoolkit --help, nbtoolkit synthetic: OK"
 say "installing $wheel[local,notebook,dev] the Studio way (nothing pins the kernel's numpy, pandas, torch)"
 pip uninstall --quiet --yes nbtoolkit 2>/dev/null || true
 pip install --quiet -c "$VENV/constraints-rest.txt" "$wheel[local,notebook,dev]"
