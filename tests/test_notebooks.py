@@ -10,10 +10,12 @@ import inspect
 import os
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
+from packaging.specifiers import SpecifierSet
 
 from jupyter_for_tests import write_kernelspec
 
@@ -97,6 +99,8 @@ def test_binder_installs_what_the_bootstrap_installs():
     assert f"torch=={torch}+cpu" in requirements.split(), f"binder/requirements.txt pins torch=={torch}+cpu"
     python = (repo / "binder" / "runtime.txt").read_text().strip()
     assert python == "python-3.11", python
+    requires_python = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(requires_python).contains(python.removeprefix("python-")), requires_python
     assert "urlpath=lab/tree/notebooks" in (repo / "README.md").read_text(), "the README has the Binder badge"
 
 

@@ -584,6 +584,8 @@ class _ProgressView:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.json_lines = bool(os.environ.get("TRAINING_JOB_NAME"))
+        # NBTOOLKIT_PROGRESS=text: a plain text bar even in a notebook (for frontends that render no widgets).
+        self.text_only = os.environ.get("NBTOOLKIT_PROGRESS", "").lower() == "text"
         self.bar = None
         self.key: tuple[Any, ...] | None = None
         self.seen: tuple[float, int] | None = None  # (time, step) of the phase's first report, for the ETA
@@ -620,7 +622,10 @@ class _ProgressView:
         print(json.dumps(line), flush=True)
 
     def _draw(self, progress: dict, numbers: dict) -> None:
-        from tqdm.auto import tqdm
+        if self.text_only:
+            from tqdm.std import tqdm
+        else:
+            from tqdm.auto import tqdm
 
         phase, total, step = progress.get("phase", "train"), int(progress["total"]), int(progress.get("step", 0))
         if self.bar is None or (phase, total) != self.key:
@@ -637,6 +642,9 @@ class _ProgressView:
 
     def close(self) -> None:
         if self.bar is not None:
+            if any(cls.__module__ == "tqdm.notebook" for cls in type(self.bar).__mro__):
+                # A widget bar leaves no text in a saved or headless notebook: print its final state once.
+                print(self.bar, flush=True)
             self.bar.close()
             self.bar = None
 
