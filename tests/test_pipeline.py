@@ -35,6 +35,23 @@ def test_tiny_pipeline_runs_every_stage_and_writes_stages_and_report(tmp_path):
     assert (out / "data" / "manifest.json").exists()
     assert any("label accuracy" in line for line in lines)
 
+    # choices on validation rows, numbers on the evaluation rows, each saying so
+    assert stages["evaluation"]["split"] == "eval" and "no choice" in stages["evaluation"]["use"]
+    assert {stages["stages"][s]["split"] for s in ("baseline", "sft", "rft")} == {"eval"}
+    assert stages["stages"]["sft"]["rows"] == "8 of 12 rows, stratified sample (fixed seed)"
+    selection = stages["selection"]
+    assert selection["sft"]["split"] == "validation" and selection["sft"]["selected_step"] in (2, 4)
+    assert set(selection["sft"]["by_step"]) == {"2", "4"}
+    rft = selection["rft"]
+    assert rft["validation_after"] == stages["validation"]["rft"]["exact_match"]
+    assert rft["validation_before"] == selection["sft"]["selected_score"]
+    assert rft["kept"] == (rft["validation_after"] >= rft["validation_before"])
+    assert stages["final_stage"] == ("rft" if rft["kept"] else "sft")
+    assert "exact_match_paired_stderr" in stages["deltas"]["rft"]
+    sft_data = {line.split("\t")[0] for line in (out / "data" / "sft" / "chat.jsonl").read_text().splitlines()}
+    rft_data = {line for line in (out / "data" / "rft" / "chat.jsonl").read_text().splitlines()}
+    assert not sft_data & rft_data  # RFT prompts are rows SFT never trains on
+
     # general ability beside the domain metric: the benchmark after every stage, the retention probe after training
     general = stages["general"]
     assert list(general) == ["baseline", "sft", "rft"]
