@@ -1,0 +1,193 @@
+"""How long a local job takes on this machine: the work its config asks for over this machine's measured rate.
+
+    estimate_job(spec)                      # cached or recorded rates; a shipped prior (labelled) otherwise
+    estimate_job(spec, calibrate=True)      # time a couple of steps first when no rate is cached (under 30 s)
+    estimate_jobs([spec, ...])              # a plan run one after another
+
+Work per kind: SFT processes max_steps x global_batch_size sequences of the file's mean length after the
+max_prompt_tokens and max_length cuts (training tokens); RFT samples global_batch_size replies per step, each
+a prompt plus up to max_new_tokens (rollout tokens); eval reads each row's prompt and writes up to
+max_new_tokens (eval tokens).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from nbtoolkit.estimate.core import Estimate, Rate
+from nbtoolkit.estimate.rates import (
+    ESTIMATE_FILE,
+    absorb_finished_runs,
+    cached_entry,
+    machine_id,
+    prior_rate,
+    rate_from_entry,
+    rate_key,
+    run_calibration,
+    store_calibration,
+)
+from nbtoolkit.estimate.tokens import TokenStats, model_tokenizer, token_stats
+from nbtoolkit.runtime.events import RESULT_FILE, read_json, write_json_atomic
+
+ESTIMATED_KINDS = ("sft_lora", "sft_full", "rft_lora", "eval")
+EVAL_LOSS_ROWS = 64  # nbtoolkit.training.sft.EVAL_ROWS: the periodic eval loss reads this many rows
+FORWARD_SPEEDUP = 3.0  # a forward pass alone costs about a third of forward + backward
+NO_RATE = ("no rate for this machine yet: calibrate (estimate_job(spec, calibrate=True) or `nbtoolkit estimate "
+           "--calibrate`, under 30 s) or finish one job of this kind")
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a job's config asks for: units processed in its busy time, steps, and seconds no rate covers."""
+
+    busy: float
+    steps: int
+    extra_seconds: float
+    detail: str
+
+
+def job_work(spec: Any, stats: TokenStats, eval_stats: TokenStats | None = None, rate: Rate | None = None) -> Work:
+    """The work of a built-in job on the rows counted in `stats` (eval_stats: the SFT eval-loss rows)."""
+    config = spec.config
+    if spec.kind in ("sft_lora", "sft_full"):
+        mean = stats.mean_sequence(config.max_length, config.max_prompt_tokens)
+        busy = config.max_steps * config.global_batch_size * mean
+        extra = stats.tokenize_seconds
+        if eval_stats is not None and rate is not None:
+            evals = config.max_steps // config.save_steps + (config.max_steps % config.save_steps > 0)
+            rows = min(EVAL_LOSS_ROWS, eval_stats.rows)
+            eval_tokens = evals * rows * eval_stats.mean_sequence(config.max_length, config.max_prompt_tokens)
+            extra += eval_tokens / (FORWARD_SPEEDUP * rate.middle)
+        return Work(busy, config.max_steps, extra, f"{config.max_steps} steps x {config.global_batch_size} rows x "
+                                                   f"{mean:.0f} tokens")
+    if spec.kind == "rft_lora":
+        prompt = stats.mean_prompt(config.max_prompt_tokens)
+        per_step = config.global_batch_size * (prompt + config.max_new_tokens)
+        return Work(config.max_steps * per_step, config.max_steps, stats.tokenize_seconds,
+                    f"{config.max_steps} steps x {config.global_batch_size} replies x ({prompt:.0f} prompt + "
+                    f"{config.max_new_tokens} new tokens)")
+    if spec.kind == "eval":
+        rows = min(config.limit, stats.rows) if config.limit else stats.rows
+        prompt = stats.mean_prompt(config.max_prompt_tokens)
+        return Work(rows * (prompt + config.max_new_tokens), 0, 0.0,
+                    f"{rows} rows x ({prompt:.0f} prompt + {config.max_new_tokens} new tokens)")
+    raise ValueError(f"no estimate for job kind {spec.kind!r}")
+
+
+def _data_file(spec: Any) -> str:
+    return spec.eval_file or spec.train_file if spec.kind == "eval" else spec.train_file
+
+
+def _stats(spec: Any, model: str, path: str | None) -> TokenStats:
+    tokenizer = model_tokenizer(model)
+    return token_stats(path or _data_file(spec), tokenizer, tokenizer_name=model)
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """An estimate with what a run directory records beside it: the rate key and the planned work."""
+
+    estimate: Estimate | None
+    key: str
+    work: Work
+    message: str = ""
+
+    def launch_record(self) -> dict[str, Any]:
+        """What estimate.json holds (the actual time comes from result.json when the job ends)."""
+        return {"estimate": self.estimate.to_dict() if self.estimate is not None else None,
+                "message": self.message, "key": self.key, "machine": machine_id(), "busy_work": self.work.busy,
+                "steps": self.work.steps, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def estimate_spec(spec: Any, *, calibrate: bool = False, runs_dir: str | os.PathLike | None = None,
+                  rate_model: str | None = None, cache: Path | None = None, allow_prior: bool = True) -> JobEstimate:
+    """Estimate one built-in job. rate_model: the model whose rates apply (e.g. the base model of a run
+    directory the job starts from). calibrate=True times a couple of steps when no rate is known yet."""
+    if spec.kind not in ESTIMATED_KINDS:
+        raise ValueError(f"no estimate for job kind {spec.kind!r}: built-in kinds are {ESTIMATED_KINDS}")
+    model = rate_model or spec.model
+    key = rate_key(spec.kind, spec.config, model)
+    if runs_dir is not None:
+        absorb_finished_runs(runs_dir, cache)
+    rate = rate_from_entry(spec.kind, cached_entry(key, cache))
+    if rate is None and calibrate:
+        rate = calibrate_spec(spec, rate_model=model, cache=cache)
+    if rate is None and allow_prior:
+        rate = prior_rate(spec.kind, model)
+    stats = _stats(spec, model, None)
+    eval_stats = _stats(spec, model, spec.eval_file) if spec.kind.startswith("sft") and spec.eval_file else None
+    work = job_work(spec, stats, eval_stats, rate)
+    if rate is None:
+        return JobEstimate(None, key, work, NO_RATE)
+    what = f"{spec.kind} {spec.name!r}"
+    estimate = Estimate.from_rate(what, work.busy, rate, extra_seconds=work.extra_seconds, notes=(work.detail,))
+    return JobEstimate(estimate, key, work)
+
+
+def estimate_job(spec: Any, *, calibrate: bool = False, runs_dir: str | os.PathLike | None = None,
+                 rate_model: str | None = None) -> Estimate:
+    """The time range of one built-in job on this machine (raises when no rate is known; see estimate_spec)."""
+    found = estimate_spec(spec, calibrate=calibrate, runs_dir=runs_dir, rate_model=rate_model)
+    if found.estimate is None:
+        raise ValueError(f"{spec.kind} {spec.name!r}: {found.message}")
+    return found.estimate
+
+
+def estimate_jobs(specs: list[Any], what: str = "plan", *, calibrate: bool = False,
+                  runs_dir: str | os.PathLike | None = None, rate_model: str | None = None, at_once: int = 1,
+                  notes: tuple[str, ...] = ()) -> Estimate:
+    """Jobs one after another (at_once=1) or several at a time; every job must be estimable."""
+    parts = [estimate_job(s, calibrate=calibrate, runs_dir=runs_dir, rate_model=rate_model) for s in specs]
+    if at_once > 1:
+        return Estimate.side_by_side(what, parts, at_once, notes)
+    return Estimate.in_sequence(what, parts, notes)
+
+
+def calibrate_spec(spec: Any, *, rate_model: str | None = None, cache: Path | None = None) -> Rate:
+    """Time a couple of steps of `spec` on a few of its rows (a subprocess, under 30 s with the embedded model),
+    cache the rate for this machine, model, method and device plan, and return it."""
+    model = rate_model or spec.model
+    key = rate_key(spec.kind, spec.config, model)
+
+    def work_of(small: Any, rows_file: Path) -> float:
+        return job_work(small, _stats(small, model, str(rows_file))).busy
+
+    measured = run_calibration(spec, _data_file(spec), work_of)
+    store_calibration(key, measured, cache)
+    rate = rate_from_entry(spec.kind, {"calibrated": measured})
+    assert rate is not None
+    return rate
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a run directory records
+
+
+def record_launch_estimate(run_dir: str | os.PathLike, found: JobEstimate) -> Path:
+    return write_json_atomic(Path(run_dir) / ESTIMATE_FILE, found.launch_record())
+
+
+def launch_estimate(run_dir: str | os.PathLike) -> Estimate | None:
+    """The estimate a run directory recorded at launch (None when it has none)."""
+    data = read_json(Path(run_dir) / ESTIMATE_FILE) or {}
+    return Estimate.from_dict(data["estimate"]) if data.get("estimate") else None
+
+
+def estimate_vs_actual(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The launch estimate beside the job's actual seconds (result.json), once it has ended; None otherwise.
+    error is actual / middle of the range - 1 (+0.25: 25% slower than estimated)."""
+    run_dir = Path(run_dir)
+    estimate = launch_estimate(run_dir)
+    result = read_json(run_dir / RESULT_FILE)
+    if estimate is None or result is None:
+        return None
+    actual = result.get("seconds")
+    middle = estimate.middle_seconds
+    return {"run_dir": str(run_dir), "kind": result.get("kind"), "status": result.get("status"),
+            "low_seconds": estimate.low_seconds, "high_seconds": estimate.high_seconds, "actual_seconds": actual,
+            "error": actual / middle - 1 if actual and middle else None,
+            "within_range": bool(actual is not None and estimate.contains(actual)), "source": estimate.source}
