@@ -280,3 +280,62 @@ def test_nova_instance_counts_follow_the_recipes():
     with pytest.raises(ValueError, match="does not run on ml.g5.2xlarge"):
         cloud.nova_instance_count("nova-pro", "sft_lora", "ml.g5.2xlarge")
     assert cloud.nova_instance_count("nova-micro", "eval", "ml.p5.48xlarge", 4) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where the decision is made: the dry run, the pipeline
+
+
+def _seed_rates(specs, model: str, rate: float = 1000.0) -> None:
+    for spec in specs:
+        rates.store_calibration(rates.rate_key(spec.kind, spec.config, model),
+                                {"rate": rate, "overhead_seconds": 10.0, "seconds": 20.0, "when": "2026-12-05"})
+
+
+def test_cli_pipeline_estimate_only_prints_every_job_and_starts_nothing(tmp_path, cache, tiny_dir, capsys):
+    from nbtoolkit.cli import main
+    from nbtoolkit.pipeline import PipelineConfig, PipelineData, pipeline_specs
+
+    out = tmp_path / "run"
+    args = ["pipeline", "--profile", "tiny", "--model", tiny_dir, "--out", str(out), "--estimate-only",
+            "--no-calibrate"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "pipeline (tiny, 5 jobs): unknown" in printed and "no rate for this machine" in printed
+    assert not out.exists()
+
+    data = PipelineData(tmp_path / "sft.jsonl", tmp_path / "rft.jsonl", tmp_path / "eval.jsonl", LABELS, [])
+    specs = pipeline_specs(PipelineConfig(profile="tiny", model=tiny_dir), data, tiny_dir)
+    assert [s.name for s in specs] == ["eval-baseline", "sft", "eval-sft", "rft", "eval-rft"]
+    _seed_rates(specs, tiny_dir)
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    head = printed.splitlines()[0]
+    assert head.startswith("estimate: pipeline (tiny, 5 jobs): ") and "unknown" not in head
+    for name in ("eval-baseline", "'sft'", "eval-sft", "'rft'", "eval-rft"):
+        assert name in printed
+    assert "calibrated on this machine 2026-12-05" in printed and not out.exists()
+
+
+@pytest.mark.slow
+def test_the_dry_run_shows_the_estimate_and_a_launched_job_records_it_beside_its_actual(tmp_path, cache, tiny_dir):
+    from nbtoolkit.runtime import LocalRuntime
+
+    rows = write_jsonl(tmp_path / "eval.jsonl", chat_rows(8))
+    spec = JobSpec("eval", EvalConfig.for_platform("local", limit=8, max_new_tokens=2, batch_size=8,
+                                                   max_prompt_tokens=24), model=tiny_dir, eval_file=str(rows),
+                   labels=LABELS, name="tiny-eval")
+    runtime = LocalRuntime(tmp_path / "runs")
+    report = runtime.launch(spec, dry_run=True)
+    assert report.ok and report.estimate.estimate is None
+    assert "estimate: 8 rows x" in str(report) and "no rate for this machine" in str(report)
+    _seed_rates([spec], tiny_dir, rate=50.0)
+    report = runtime.launch(spec, dry_run=True)
+    assert "calibrated on this machine" in str(report) and "nbt-estimate" in report._repr_html_()
+    job = runtime.launch(spec)
+    assert local.launch_estimate(job.run_dir) == report.estimate.estimate
+    job.wait(progress=False, poll=0.5, timeout=600)
+    record = local.estimate_vs_actual(job.run_dir)
+    assert record["actual_seconds"] == job.result().seconds and record["error"] is not None
+    # the finished job now refines the rate of the next estimate
+    assert "1 finished job on this machine" in local.estimate_job(spec, runs_dir=runtime.runs_dir).source

@@ -112,7 +112,9 @@ class Estimate:
     # -- display ----------------------------------------------------------------------------------------------
 
     def headline(self) -> str:
-        """'12-17 min' plus the cost where there is one."""
+        """'12-17 min' plus the cost where there is one ('unknown' for a plan none of whose jobs has a rate)."""
+        if not self.high_seconds and not self.parts and self.work is None:
+            return "unknown"
         text = duration_range(self.low_seconds, self.high_seconds)
         if self.low_usd is not None and self.high_usd is not None:
             text += f", {usd_range(self.low_usd, self.high_usd)}"
@@ -147,8 +149,8 @@ class Estimate:
     # -- JSON -------------------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {"what": self.what, "low_seconds": round(self.low_seconds, 1),
-                "high_seconds": round(self.high_seconds, 1), "work": self.work, "unit": self.unit,
+        return {"what": self.what, "low_seconds": self.low_seconds, "high_seconds": self.high_seconds,
+                "work": self.work, "unit": self.unit,
                 "source": self.source, "low_usd": self.low_usd, "high_usd": self.high_usd,
                 "parts": [p.to_dict() for p in self.parts], "notes": list(self.notes)}
 

@@ -36,8 +36,8 @@ from nbtoolkit.runtime.events import RESULT_FILE, read_json, write_json_atomic
 ESTIMATED_KINDS = ("sft_lora", "sft_full", "rft_lora", "eval")
 EVAL_LOSS_ROWS = 64  # nbtoolkit.training.sft.EVAL_ROWS: the periodic eval loss reads this many rows
 FORWARD_SPEEDUP = 3.0  # a forward pass alone costs about a third of forward + backward
-NO_RATE = ("no rate for this machine yet: calibrate (estimate_job(spec, calibrate=True) or `nbtoolkit estimate "
-           "--calibrate`, under 30 s) or finish one job of this kind")
+NO_RATE = ("no rate for this machine yet: calibrate (estimate_job(spec, calibrate=True), the form's Calibrate "
+           "button or `nbtoolkit pipeline --estimate-only`; about 30 s per job kind) or finish one job of this kind")
 
 
 @dataclass(frozen=True)
@@ -191,3 +191,23 @@ def estimate_vs_actual(run_dir: str | os.PathLike) -> dict[str, Any] | None:
             "low_seconds": estimate.low_seconds, "high_seconds": estimate.high_seconds, "actual_seconds": actual,
             "error": actual / middle - 1 if actual and middle else None,
             "within_range": bool(actual is not None and estimate.contains(actual)), "source": estimate.source}
+
+
+def estimate_for_launch(spec: Any, runs_dir: str | os.PathLike | None = None) -> JobEstimate | None:
+    """What a dry run shows and a launch records: never calibrates, never raises (None for custom kinds or when
+    the data cannot be read; the launch checks report those)."""
+    if spec.kind not in ESTIMATED_KINDS or spec.config is None:
+        return None
+    try:
+        return estimate_spec(spec, runs_dir=runs_dir)
+    except Exception:  # noqa: BLE001 - an estimate must never stop a launch
+        return None
+
+
+def estimate_text(found: JobEstimate | None) -> str:
+    """One line for a dry-run report."""
+    if found is None:
+        return "not available for this job"
+    if found.estimate is None:
+        return f"{found.work.detail}; {found.message}"
+    return found.estimate.line().split(": ", 1)[1]

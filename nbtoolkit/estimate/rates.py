@@ -186,15 +186,16 @@ def _last_step_rate(run_dir: Path) -> float | None:
 
 
 def absorb_finished_runs(runs_dir: str | os.PathLike, path: Path | None = None) -> int:
-    """Record the rates of finished local jobs under runs_dir that recorded an estimate at launch; returns how many
-    were new. Only runs of this machine count."""
+    """Record the rates of finished local jobs under runs_dir (or a pipeline's or sweep's jobs/ below it) that
+    recorded an estimate at launch; returns how many were new. Only runs of this machine count."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return 0
     path = path or cache_path()
     known = {r.get("run_dir") for entry in _read_cache(path)["rates"].values() for r in entry.get("recorded", [])}
     added = 0
-    for estimate_file in sorted(runs_dir.glob(f"*/{ESTIMATE_FILE}")):
+    found = [*runs_dir.glob(f"*/{ESTIMATE_FILE}"), *runs_dir.glob(f"*/jobs/*/{ESTIMATE_FILE}")]  # pipelines, sweeps
+    for estimate_file in sorted(found):
         run_dir = estimate_file.parent
         if str(run_dir.resolve()) in known:
             continue
