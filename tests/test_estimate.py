@@ -339,3 +339,48 @@ def test_the_dry_run_shows_the_estimate_and_a_launched_job_records_it_beside_its
     assert record["actual_seconds"] == job.result().seconds and record["error"] is not None
     # the finished job now refines the rate of the next estimate
     assert "1 finished job on this machine" in local.estimate_job(spec, runs_dir=runtime.runs_dir).source
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The hyperparameter form: an estimate that follows the fields
+
+
+def _settled(form) -> str:
+    assert form.estimate_ready.wait(60), "the estimate never settled"
+    return form.estimate.value
+
+
+def test_the_form_estimate_follows_the_fields_and_calibrates_on_click(tmp_path, cache, tiny_dir, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    from nbtoolkit.runtime import LocalRuntime
+    from nbtoolkit.ui import HyperparameterForm
+
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows(16))
+    form = HyperparameterForm("sft_lora", runtime=LocalRuntime(tmp_path / "runs"), monitor=False)
+    assert "give the model and the data file" in _settled(form)
+    form.model.value = tiny_dir
+    form.train_file.value = str(train)
+    form.set(max_steps=10, warmup_steps=1, save_steps=5, global_batch_size=4, micro_batch_size=4)
+    assert "no rate for this machine" in _settled(form) and "10 steps x 4 rows" in form.estimate.value
+
+    def fake_calibration(spec, data_file, work_of, **_):
+        return {"rate": 100.0, "overhead_seconds": 30.0, "seconds": 25.0, "when": "2026-12-05", "run_dir": None}
+
+    monkeypatch.setattr(local, "run_calibration", fake_calibration)
+    form.calibrate.click()
+    assert "calibrated on this machine 2026-12-05" in _settled(form)
+    before = local.estimate_job(form.spec)
+    form.fields["max_steps"].value = 40  # what typing into the field does
+    text = _settled(form)
+    assert "40 steps x 4 rows" in text
+    after = local.estimate_job(form.spec)
+    assert after.high_seconds - after.low_seconds > 3 * (before.high_seconds - before.low_seconds)
+    assert after.headline() in html_unescape(text)
+    form.fields["lr"].value = 5.0  # out of bounds: no estimate of an invalid config
+    assert _settled(form) == ""
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
