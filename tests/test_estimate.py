@@ -384,3 +384,28 @@ def html_unescape(text: str) -> str:
     import html
 
     return html.unescape(text)
+
+
+def test_the_job_monitor_shows_the_launch_estimate_beside_the_elapsed_time(tmp_path):
+    pytest.importorskip("ipywidgets")
+    from nbtoolkit.ui import JobMonitor
+
+    class RecordedJob:
+        name, run_dir = "sft", tmp_path
+
+        def status(self):
+            return "IN_PROGRESS"
+
+        def progress(self):
+            return {"phase": "train", "step": 3, "total": 10, "elapsed": 75.0}
+
+        def metrics(self):
+            return []
+
+        def logs(self, tail=15):
+            return ""
+
+    write_json_atomic(tmp_path / rates.ESTIMATE_FILE, {"estimate": Estimate("sft_lora 'sft'", 240.0, 360.0).to_dict()})
+    monitor = JobMonitor(RecordedJob(), start=False)
+    assert "estimated 4-6 min, elapsed 1:15" in monitor.progress_text.value
+    assert "estimated 4-6 min" in monitor.fallback_html()
