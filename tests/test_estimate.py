@@ -409,3 +409,22 @@ def test_the_job_monitor_shows_the_launch_estimate_beside_the_elapsed_time(tmp_p
     monitor = JobMonitor(RecordedJob(), start=False)
     assert "estimated 4-6 min, elapsed 1:15" in monitor.progress_text.value
     assert "estimated 4-6 min" in monitor.fallback_html()
+
+
+def test_a_sweep_estimates_its_grid_and_prints_it_before_it_starts(tmp_path, cache, tiny_dir, capsys):
+    from nbtoolkit.sweeps import Sweep
+
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows(16))
+    sweep = Sweep(_sft_spec(tiny_dir, train), {"lr": [1e-4, 2e-4], "steps": [10, 20]}, out_dir=tmp_path / "sweep",
+                  baseline=False, max_parallel=2)
+    assert "unknown" in sweep.estimate().headline() and "no rate for this machine" in str(sweep.estimate())
+    _seed_rates(sweep.specs, tiny_dir)
+    estimate = sweep.estimate()
+    singles = [local.estimate_job(spec) for spec in sweep.specs]
+    assert len(estimate.parts) == 4 and estimate.high_seconds == pytest.approx(sum(s.high_seconds for s in singles))
+    assert estimate.low_seconds == pytest.approx(sum(s.low_seconds for s in singles) / 2)  # 2 at a time, at best
+    assert "2 jobs at a time" in str(estimate)
+    sweep._run_all = lambda: None  # only what start() shows before its jobs
+    sweep.start()
+    sweep.wait(10)
+    assert capsys.readouterr().out.startswith("estimate: sweep (4 training jobs): ")
