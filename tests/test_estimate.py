@@ -428,3 +428,11 @@ def test_a_sweep_estimates_its_grid_and_prints_it_before_it_starts(tmp_path, cac
     sweep.start()
     sweep.wait(10)
     assert capsys.readouterr().out.startswith("estimate: sweep (4 training jobs): ")
+
+
+def test_a_model_trained_in_a_run_directory_shares_its_base_models_rate(tmp_path, tiny_dir):
+    run_dir = tmp_path / "sft-run"
+    (run_dir / "model").mkdir(parents=True)
+    (run_dir / "model" / "config.json").write_text("{}")
+    write_json_atomic(run_dir / "job.json", {"kind": "sft_lora", "model": tiny_dir})
+    assert rates.model_id(str(run_dir)) == rates.model_id(tiny_dir)

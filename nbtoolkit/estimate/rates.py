@@ -81,9 +81,13 @@ def device_plan_id() -> str:
 
 
 def model_id(model: str) -> str:
-    """A model for rates: its registry name, or the resolved directory of a local model."""
+    """A model for rates: its registry name, or the resolved directory of a local model. A training run
+    directory stands for the model it was trained from (same architecture, same cost per token)."""
     from nbtoolkit.models import resolve_model
 
+    base = (read_json(Path(model) / JOB_FILE) or {}).get("model") if Path(model).is_dir() else None
+    if base and base != model:
+        return model_id(base)
     spec = resolve_model(model)
     return spec.source if spec.kind == "local" else spec.name
 
