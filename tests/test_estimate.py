@@ -436,3 +436,15 @@ def test_a_model_trained_in_a_run_directory_shares_its_base_models_rate(tmp_path
     (run_dir / "model" / "config.json").write_text("{}")
     write_json_atomic(run_dir / "job.json", {"kind": "sft_lora", "model": tiny_dir})
     assert rates.model_id(str(run_dir)) == rates.model_id(tiny_dir)
+
+
+def test_a_job_spec_is_estimated_on_sagemaker_from_its_data(tmp_path, tiny_dir):
+    from nbtoolkit.models import load_tokenizer
+
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows(16))
+    spec = _sft_spec(tiny_dir, train)
+    estimate = cloud.estimate_cloud_job(spec, instance_type="ml.g5.2xlarge", parameters=1e8, offline=True)
+    mean = token_stats(train, load_tokenizer(tiny_dir), tokenizer_name=tiny_dir).mean_sequence(640, 48)
+    assert estimate.work == pytest.approx(10 * 4 * mean)
+    assert estimate.low_usd == pytest.approx(1.515 * estimate.low_seconds / 3600)
+    assert cloud.price_table()["date"] in str(estimate) and "1 x ml.g5.2xlarge" in str(estimate)

@@ -2,7 +2,7 @@
 money ranges for SageMaker, HyperPod and Nova jobs from instance prices.
 
     estimate_job(spec, calibrate=True)          # a local job: Estimate with low/high seconds and the rate's source
-    cloud_estimate("sft_lora", config, model="nova-lite", instance_type="ml.p5.48xlarge", tokens=...)
+    estimate_cloud_job(spec, instance_type="ml.g5.2xlarge")          # hours and USD on SageMaker
 """
 
 from __future__ import annotations
@@ -17,12 +17,19 @@ _EXPORTS = {
                                  "estimate_vs_actual", "launch_estimate"),
     "nbtoolkit.estimate.rates": ("CalibrationError", "cache_path"),
     "nbtoolkit.estimate.tokens": ("TokenStats", "token_stats"),
-    "nbtoolkit.estimate.cloud": ("InstancePrice", "cloud_estimate", "instance_price", "price_table"),
+    "nbtoolkit.estimate.cloud": ("InstancePrice", "cloud_estimate", "estimate_cloud_job", "instance_price",
+                                 "price_table"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from nbtoolkit.estimate.cloud import InstancePrice, cloud_estimate, instance_price, price_table
+    from nbtoolkit.estimate.cloud import (
+        InstancePrice,
+        cloud_estimate,
+        estimate_cloud_job,
+        instance_price,
+        price_table,
+    )
     from nbtoolkit.estimate.core import Estimate, Rate, duration_range, format_duration
     from nbtoolkit.estimate.local import (
         calibrate_spec,

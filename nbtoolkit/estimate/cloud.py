@@ -194,3 +194,26 @@ def job_tokens(kind: str, config: Any, rows: int | None = None, mean_sequence: f
         rows = min(config.limit, rows) if config.limit and rows else (rows or config.limit)
         return rows * mean_prompt, rows * config.max_new_tokens
     raise ValueError(unknown_name_message("job kind", kind, FLOPS_PER_TOKEN))
+
+
+def estimate_cloud_job(spec: Any, *, instance_type: str, instance_count: int = 1, parameters: float | None = None,
+                       region: str = "us-east-1", client: Any = None, offline: bool = False) -> Estimate:
+    """Hours and cost of a built-in job spec on SageMaker: its tokens counted from its data file with the model's
+    tokenizer. parameters: None takes the model registry's count (for a Nova model, use cloud_estimate with
+    assumed parameters and token counts)."""
+    from nbtoolkit.estimate.local import data_file
+    from nbtoolkit.estimate.tokens import model_tokenizer, token_stats
+    from nbtoolkit.models import resolve_model
+
+    config = spec.config
+    stats = token_stats(data_file(spec), model_tokenizer(spec.model), tokenizer_name=spec.model)
+    mean_sequence = stats.mean_sequence(config.max_length, config.max_prompt_tokens) if hasattr(
+        config, "max_length") else 0.0
+    tokens, generated = job_tokens(spec.kind, config, stats.rows, mean_sequence,
+                                   stats.mean_prompt(config.max_prompt_tokens))
+    if parameters is None:
+        parameters = resolve_model(spec.model).parameters
+    return cloud_estimate(spec.kind, instance_type=instance_type, instance_count=instance_count,
+                          parameters=parameters, tokens=tokens, generated_tokens=generated, region=region,
+                          client=client, offline=offline, what=f"{spec.kind} {spec.name!r} on {instance_count} x "
+                                                               f"{instance_type}")

@@ -103,12 +103,6 @@ class Estimate:
     def contains(self, seconds: float) -> bool:
         return self.low_seconds <= seconds <= self.high_seconds
 
-    def scaled(self, factor: float, what: str | None = None) -> Estimate:
-        return replace(self, what=what or self.what, low_seconds=self.low_seconds * factor,
-                       high_seconds=self.high_seconds * factor,
-                       low_usd=None if self.low_usd is None else self.low_usd * factor,
-                       high_usd=None if self.high_usd is None else self.high_usd * factor)
-
     # -- display ----------------------------------------------------------------------------------------------
 
     def headline(self) -> str:

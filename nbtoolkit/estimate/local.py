@@ -78,13 +78,14 @@ def job_work(spec: Any, stats: TokenStats, eval_stats: TokenStats | None = None,
     raise ValueError(f"no estimate for job kind {spec.kind!r}")
 
 
-def _data_file(spec: Any) -> str:
+def data_file(spec: Any) -> str:
+    """The file a built-in job reads its rows from."""
     return spec.eval_file or spec.train_file if spec.kind == "eval" else spec.train_file
 
 
 def _stats(spec: Any, model: str, path: str | None) -> TokenStats:
     tokenizer = model_tokenizer(model)
-    return token_stats(path or _data_file(spec), tokenizer, tokenizer_name=model)
+    return token_stats(path or data_file(spec), tokenizer, tokenizer_name=model)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def calibrate_spec(spec: Any, *, rate_model: str | None = None, cache: Path | No
     def work_of(small: Any, rows_file: Path) -> float:
         return job_work(small, _stats(small, model, str(rows_file))).busy
 
-    measured = run_calibration(spec, _data_file(spec), work_of)
+    measured = run_calibration(spec, data_file(spec), work_of)
     store_calibration(key, measured, cache)
     rate = rate_from_entry(spec.kind, {"calibrated": measured})
     assert rate is not None
