@@ -52,8 +52,10 @@ def tiny_dir(tmp_path_factory) -> str:
 def test_a_rate_range_gives_a_time_range_with_the_fixed_seconds_on_both_ends():
     rate = Rate(100.0, 200.0, "training tokens", overhead_seconds=10.0, source="calibrated")
     estimate = Estimate.from_rate("sft", 2000.0, rate, extra_seconds=5.0)
-    assert (estimate.low_seconds, estimate.high_seconds) == (25.0, 35.0)  # 15 + 2000/200, 15 + 2000/100
-    assert estimate.contains(30.0) and not estimate.contains(36.0)
+    # the rate spreads 1/3 either way of its middle, and so do the 10 fixed seconds measured with it
+    assert estimate.low_seconds == pytest.approx(10 * 2 / 3 + 5 + 2000 / 200)
+    assert estimate.high_seconds == pytest.approx(10 * 4 / 3 + 5 + 2000 / 100)
+    assert estimate.contains(30.0) and not estimate.contains(39.0)
     assert "calibrated" in estimate.line() and "2k training tokens" in estimate.line()
     with pytest.raises(ValueError, match="low <= high"):
         Rate(2.0, 1.0, "tokens")
@@ -136,8 +138,8 @@ def test_calibration_is_cached_per_machine_model_method_and_plan(tmp_path, cache
     stored = json.loads(cache.read_text())["rates"]
     assert list(stored) == [first.key] and rates.machine_id() in first.key and "sft_lora/mb4x1" in first.key
     tokens = first.work.busy
-    assert first.estimate.low_seconds == pytest.approx(12.0 + tokens / 600.0 + first.work.extra_seconds)
-    assert first.estimate.high_seconds == pytest.approx(12.0 + tokens / 400.0 + first.work.extra_seconds)
+    assert first.estimate.low_seconds == pytest.approx(12.0 * 0.8 + tokens / 600.0 + first.work.extra_seconds)
+    assert first.estimate.high_seconds == pytest.approx(12.0 * 1.2 + tokens / 400.0 + first.work.extra_seconds)
     # another batch shape is another rate: it calibrates again
     local.estimate_spec(_sft_spec(tiny_dir, train, micro_batch_size=2), calibrate=True)
     assert calls == [4, 2]

@@ -69,10 +69,12 @@ class Estimate:
     @classmethod
     def from_rate(cls, what: str, work: float, rate: Rate, *, extra_seconds: float = 0.0,
                   notes: tuple[str, ...] = ()) -> Estimate:
-        """overhead + work / rate, the slow end from the slow rate, plus seconds the rate does not cover."""
-        fixed = rate.overhead_seconds + extra_seconds
-        return cls(what, fixed + work / rate.high, fixed + work / rate.low, work=work, unit=rate.unit,
-                   source=rate.source, notes=notes)
+        """overhead + work / rate, plus seconds the rate does not cover. The slow end takes the slow rate, and the
+        fixed seconds (measured with it) spread as much as the rate does."""
+        spread = (rate.high - rate.low) / (rate.high + rate.low)
+        low = rate.overhead_seconds * (1 - spread) + extra_seconds + work / rate.high
+        high = rate.overhead_seconds * (1 + spread) + extra_seconds + work / rate.low
+        return cls(what, low, high, work=work, unit=rate.unit, source=rate.source, notes=notes)
 
     @classmethod
     def in_sequence(cls, what: str, parts: list[Estimate], notes: tuple[str, ...] = ()) -> Estimate:
