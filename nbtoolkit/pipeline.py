@@ -391,8 +391,6 @@ def _plan_estimate(config: PipelineConfig, profile: Profile, data: PipelineData,
         notes.append(f"not included, {NO_RATE}: {', '.join(missing)}")
     if _general_checks(config, profile) != ([], False):
         notes.append("the general-ability checks after each stage are not included")
-    if data.validation_file is not None and "sft" in config.stages:
-        notes.append("the SFT job's checkpoint checks on validation rows are not included")
     what = f"pipeline ({profile.name}, {len(parts) + len(missing)} jobs{', partial' if missing and parts else ''})"
     return Estimate.in_sequence(what, parts, tuple(notes))
 

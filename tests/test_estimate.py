@@ -450,3 +450,30 @@ def test_a_job_spec_is_estimated_on_sagemaker_from_its_data(tmp_path, tiny_dir):
     assert estimate.work == pytest.approx(10 * 4 * mean)
     assert estimate.low_usd == pytest.approx(1.515 * estimate.low_seconds / 3600)
     assert cloud.price_table()["date"] in str(estimate) and "1 x ml.g5.2xlarge" in str(estimate)
+
+
+def test_an_sft_jobs_checkpoint_checks_on_validation_rows_are_timed_at_the_eval_rate(tmp_path, cache, tiny_dir):
+    from dataclasses import replace
+
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows(16))
+    validation = write_jsonl(tmp_path / "validation.jsonl", chat_rows(12))
+    plain = _sft_spec(tiny_dir, train)  # 10 steps, a checkpoint every 5
+    spec = replace(plain, extra={"validation_file": str(validation), "validation_rows": 6, "validate_from": 0.5})
+    _seed_rates([plain], tiny_dir)
+    without = local.estimate_job(plain)
+    no_eval_rate = local.estimate_job(spec)
+    assert no_eval_rate.low_seconds == pytest.approx(without.low_seconds)
+    assert "2 checkpoint checks x 6 validation rows: not timed" in str(no_eval_rate)
+    eval_config = EvalConfig.for_platform("local", batch_size=4, loglik=False, max_prompt_tokens=48, limit=6,
+                                          max_new_tokens=int(token_stats(validation, rates_tokenizer(tiny_dir),
+                                                                         tokenizer_name=tiny_dir).answer.max()))
+    rates.store_calibration(rates.rate_key("eval", eval_config, tiny_dir),
+                            {"rate": 10.0, "overhead_seconds": 1.0, "seconds": 2.0, "when": "2026-12-05"})
+    timed = local.estimate_job(spec)
+    assert timed.low_seconds > without.low_seconds + 1 and "2 checkpoint checks x 6 validation rows:" in str(timed)
+
+
+def rates_tokenizer(model: str):
+    from nbtoolkit.models import load_tokenizer
+
+    return load_tokenizer(model)

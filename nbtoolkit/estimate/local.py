@@ -12,6 +12,7 @@ max_new_tokens (eval tokens).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -124,9 +125,47 @@ def estimate_spec(spec: Any, *, calibrate: bool = False, runs_dir: str | os.Path
     work = job_work(spec, stats, eval_stats, rate)
     if rate is None:
         return JobEstimate(None, key, work, NO_RATE)
+    notes = [work.detail]
+    extra_seconds = work.extra_seconds
+    checks = _validation_checks(spec, model, calibrate=calibrate, cache=cache)
+    if checks is not None:
+        extra_seconds += checks[0]
+        notes.append(checks[1])
     what = f"{spec.kind} {spec.name!r}"
-    estimate = Estimate.from_rate(what, work.busy, rate, extra_seconds=work.extra_seconds, notes=(work.detail,))
+    estimate = Estimate.from_rate(what, work.busy, rate, extra_seconds=extra_seconds, notes=tuple(notes))
     return JobEstimate(estimate, key, work)
+
+
+def _validation_checks(spec: Any, model: str, *, calibrate: bool, cache: Path | None) -> tuple[float, str] | None:
+    """Seconds of an SFT job's checkpoint checks on validation rows (greedy replies at save steps from
+    validate_from x max_steps on, and at the end), timed with this machine's eval rate; None without checks."""
+    extra = spec.extra or {}
+    path = extra.get("validation_file")
+    if not spec.kind.startswith("sft") or not path or not spec.labels:
+        return None
+    from dataclasses import replace
+
+    from nbtoolkit.training.config import EvalConfig
+
+    config = spec.config
+    first = max(1, math.ceil(float(extra.get("validate_from", 0.5)) * config.max_steps))
+    steps = {s for s in range(first, config.max_steps + 1) if s % config.save_steps == 0} | {config.max_steps}
+    stats = _stats(spec, model, path)
+    rows = min(int(extra.get("validation_rows") or stats.rows), stats.rows)
+    new_tokens = int(stats.answer.max())  # the longest label and its terminator
+    eval_config = EvalConfig.for_platform("local", batch_size=config.micro_batch_size, loglik=False,
+                                          max_new_tokens=new_tokens, max_prompt_tokens=config.max_prompt_tokens,
+                                          limit=rows)
+    what = f"{len(steps)} checkpoint checks x {rows} validation rows"
+    rate = rate_from_entry("eval", cached_entry(rate_key("eval", eval_config, model), cache))
+    if rate is None and calibrate:
+        rate = calibrate_spec(replace(spec, kind="eval", config=eval_config, eval_file=path, extra={}),
+                              rate_model=model, cache=cache)
+    rate = rate or prior_rate("eval", model)
+    if rate is None:
+        return 0.0, f"{what}: not timed ({NO_RATE.split(':')[0]} for evaluation)"
+    seconds = len(steps) * rows * (stats.mean_prompt(config.max_prompt_tokens) + new_tokens) / rate.middle
+    return seconds, f"{what}: {seconds:.0f} s at the eval rate ({rate.source})"
 
 
 def estimate_job(spec: Any, *, calibrate: bool = False, runs_dir: str | os.PathLike | None = None,
