@@ -378,21 +378,13 @@ def pipeline_specs(config: PipelineConfig, data: PipelineData, model: str) -> li
 
 def _plan_estimate(config: PipelineConfig, profile: Profile, data: PipelineData, model: str, *,
                    calibrate: bool, runs_dir: str | os.PathLike | None = None):
-    """The run's estimate: every domain job in a row; jobs without a rate and the general checks are named."""
-    from nbtoolkit.estimate.core import Estimate
-    from nbtoolkit.estimate.local import NO_RATE, estimate_spec
+    """The run's estimate: every domain job in a row; the general checks are named, not timed."""
+    from nbtoolkit.estimate.local import estimate_jobs
 
-    parts, missing = [], []
-    for spec in pipeline_specs(config, data, model):
-        found = estimate_spec(spec, calibrate=calibrate, runs_dir=runs_dir, rate_model=model)
-        (parts.append(found.estimate) if found.estimate is not None else missing.append(spec.name))
-    notes = []
-    if missing:
-        notes.append(f"not included, {NO_RATE}: {', '.join(missing)}")
-    if _general_checks(config, profile) != ([], False):
-        notes.append("the general-ability checks after each stage are not included")
-    what = f"pipeline ({profile.name}, {len(parts) + len(missing)} jobs{', partial' if missing and parts else ''})"
-    return Estimate.in_sequence(what, parts, tuple(notes))
+    notes = ("the general-ability checks after each stage are not included",) \
+        if _general_checks(config, profile) != ([], False) else ()
+    return estimate_jobs(pipeline_specs(config, data, model), f"pipeline, {profile.name} profile",
+                         calibrate=calibrate, runs_dir=runs_dir, rate_model=model, notes=notes)
 
 
 def estimate_pipeline(config: PipelineConfig | None = None, *, calibrate: bool = True,

@@ -227,23 +227,12 @@ class Sweep:
         """How long the grid's training jobs take on this machine, max_parallel at a time (an Estimate; the
         evaluation jobs are named in its notes, not timed). calibrate=True times the method first when no rate
         is known (about 30 s)."""
-        from nbtoolkit.estimate.core import Estimate
-        from nbtoolkit.estimate.local import ESTIMATED_KINDS, NO_RATE, estimate_spec
+        from nbtoolkit.estimate.local import estimate_jobs
 
-        parts, missing = [], []
-        for spec in self.specs:
-            if spec.kind not in ESTIMATED_KINDS:
-                missing.append(spec.name)
-                continue
-            found = estimate_spec(spec, calibrate=calibrate, runs_dir=getattr(self.runtime, "runs_dir", None))
-            (parts.append(found.estimate) if found.estimate is not None else missing.append(spec.name))
-        reason = NO_RATE if self.base.kind in ESTIMATED_KINDS else f"{self.base.kind} is not a built-in job kind"
-        notes = [f"not included, {reason}: {', '.join(missing)}"] if missing else []
         evaluations = len(self.specs) + self.baseline if self._eval_spec("model", "eval") is not None else 0
-        if evaluations:
-            notes.append(f"the {evaluations} evaluation jobs are not included")
-        return Estimate.side_by_side(f"sweep ({len(self.specs)} training jobs)", parts, self.max_parallel,
-                                     tuple(notes))
+        notes = (f"the {evaluations} evaluation jobs are not included",) if evaluations else ()
+        return estimate_jobs(self.specs, "sweep", calibrate=calibrate, at_once=self.max_parallel, notes=notes,
+                             runs_dir=getattr(self.runtime, "runs_dir", None))
 
     def start(self, *, show_estimate: bool = True) -> Sweep:
         """Launch the sweep in a background thread and return at once (jobs are subprocesses); prints the

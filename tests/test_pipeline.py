@@ -35,7 +35,7 @@ def test_tiny_pipeline_runs_every_stage_and_writes_stages_and_report(tmp_path):
     assert (out / "data" / "manifest.json").exists()
     assert any("label accuracy" in line for line in lines)
     first_job = next(i for i, line in enumerate(lines) if line.startswith("[baseline eval]"))
-    assert any(line.startswith("estimate: pipeline (tiny, 5 jobs") for line in lines[:first_job])
+    assert any(line.startswith("estimate: pipeline, tiny profile (6 jobs)") for line in lines[:first_job])
 
     # general ability beside the domain metric: the benchmark after every stage, the retention probe after training
     general = stages["general"]

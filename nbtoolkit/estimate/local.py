@@ -180,11 +180,22 @@ def estimate_job(spec: Any, *, calibrate: bool = False, runs_dir: str | os.PathL
 def estimate_jobs(specs: list[Any], what: str = "plan", *, calibrate: bool = False,
                   runs_dir: str | os.PathLike | None = None, rate_model: str | None = None, at_once: int = 1,
                   notes: tuple[str, ...] = ()) -> Estimate:
-    """Jobs one after another (at_once=1) or several at a time; every job must be estimable."""
-    parts = [estimate_job(s, calibrate=calibrate, runs_dir=runs_dir, rate_model=rate_model) for s in specs]
+    """Jobs one after another (at_once=1) or several at a time. Jobs without a rate, and custom kinds, are left
+    out and named in the notes ('partial'); a plan none of whose jobs has a rate reads 'unknown'."""
+    parts, missing, custom = [], [], []
+    for spec in specs:
+        if spec.kind not in ESTIMATED_KINDS:
+            custom.append(spec.name)
+            continue
+        found = estimate_spec(spec, calibrate=calibrate, runs_dir=runs_dir, rate_model=rate_model)
+        (parts.append(found.estimate) if found.estimate is not None else missing.append(spec.name))
+    left_out = [f"not included, {NO_RATE}: {', '.join(missing)}"] if missing else []
+    if custom:
+        left_out.append(f"not included, not built-in job kinds: {', '.join(custom)}")
+    what = f"{what} ({len(specs)} jobs{', partial' if left_out and parts else ''})"
     if at_once > 1:
-        return Estimate.side_by_side(what, parts, at_once, notes)
-    return Estimate.in_sequence(what, parts, notes)
+        return Estimate.side_by_side(what, parts, at_once, (*left_out, *notes))
+    return Estimate.in_sequence(what, parts, (*left_out, *notes))
 
 
 def calibrate_spec(spec: Any, *, rate_model: str | None = None, cache: Path | None = None) -> Rate:

@@ -85,7 +85,8 @@ def token_stats(path: str | os.PathLike, tokenizer, *, tokenizer_name: str = "",
     prompt = np.array([len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]], dtype=float)
     user_texts = [[m["content"] for m in e.conversation if m["role"] == "user"] for e in examples]
     flat = [text for texts in user_texts for text in texts]
-    flat_lengths = iter(len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"]) if flat else iter(())
+    flat_ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    flat_lengths = iter(len(ids) for ids in flat_ids)
     users = tuple(tuple(next(flat_lengths) for _ in texts) for texts in user_texts)
     answer = np.array([len(ids) + TERMINATOR_TOKENS for ids in
                        tokenizer([e.reference for e in examples], add_special_tokens=False)["input_ids"]], dtype=float)
