@@ -4,7 +4,7 @@ came from. Estimates add up (a pipeline is its jobs in a row) and split over job
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 # How far a measured rate is trusted, as a fraction either way: a calibration is a few steps on a few rows,

@@ -26,7 +26,7 @@ from typing import Any
 
 from nbtoolkit.errors import NbtoolkitError
 from nbtoolkit.estimate.core import CALIBRATED_SPREAD, RECORDED_SPREAD, Rate
-from nbtoolkit.runtime.events import JOB_FILE, METRICS_FILE, RESULT_FILE, read_json, read_metrics, write_json_atomic
+from nbtoolkit.runtime.events import JOB_FILE, RESULT_FILE, read_json, read_metrics, write_json_atomic
 from nbtoolkit.runtime.worker import BUILTIN_KINDS
 
 CACHE_FORMAT = 1
