@@ -137,6 +137,11 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
                         "(default: retention; none for the tiny profile)")
     p.add_argument("--out", help="output directory (default: a new one under runs/)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--estimate-only", action="store_true",
+                   help="print how long the run takes on this machine and stop (prepares the data in a temporary "
+                        "directory; calibrates what no finished job covers, under 30 s per job kind)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="with --estimate-only: use cached rates and the shipped priors only")
     p.set_defaults(run=_run_pipeline)
 
 
@@ -152,6 +157,11 @@ def _run_pipeline(args: argparse.Namespace) -> int:
                             profile=args.profile, model=args.model, out=args.out, seed=args.seed,
                             stages=_names(args.stages),
                             general=_general(args.general))
+    if args.estimate_only:
+        from nbtoolkit.pipeline import estimate_pipeline
+
+        print(estimate_pipeline(config, calibrate=not args.no_calibrate))
+        return 0
     run_pipeline(config)
     return 0
 

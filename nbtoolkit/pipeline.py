@@ -210,9 +210,11 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
     data = _prepare(config, profile, out, log)
     model = _model(config, profile, out)
     runtime = LocalRuntime(out / "jobs")
-    eval_config = EvalConfig.for_platform("local", **{"seed": config.seed, **profile.eval})
-    validation_config = EvalConfig.for_platform("local", **{**profile.eval, "seed": config.seed, "loglik": False,
-                                                            "limit": profile.validation["rows"]})
+    eval_config, validation_config = _eval_configs(config, profile)
+    try:
+        log(str(_plan_estimate(config, profile, data, model, calibrate=False, runs_dir=out.parent)))
+    except Exception as error:  # noqa: BLE001 - an estimate never stops the run it describes
+        log(f"estimate: not available ({type(error).__name__}: {error})")
     summary: dict[str, Any] = {"profile": profile.name, "model": model, "stages": {}, "jobs": {}, "deltas": {},
                                "general": {}, "general_errors": {}, "labels": list(data.labels or []),
                                "notes": data.notes,
@@ -232,9 +234,7 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
         return job, result
 
     def evaluate_stage(stage: str, stage_model: str) -> None:
-        spec = JobSpec("eval", eval_config, model=stage_model, eval_file=str(data.eval_file),
-                       labels=data.labels, name=f"eval-{stage}")
-        job, _ = run_job(spec, f"{stage} eval")
+        job, _ = run_job(_eval_spec(eval_config, stage_model, data, stage), f"{stage} eval")
         results[stage] = EvalResult.load(job.run_dir / "eval")
         summary["stages"][stage] = {**_headline(results[stage].metrics), "split": "eval",
                                     "rows": results[stage].extra.get("rows")}
@@ -251,9 +251,7 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
 
     def validate_stage(stage: str, stage_model: str) -> float:
         """Exact match on the validation rows (the same fixed sample the SFT job checks), kept in stages.json."""
-        spec = JobSpec("eval", validation_config, model=stage_model, eval_file=str(data.validation_file),
-                       labels=data.labels, name=f"validate-{stage}")
-        job, _ = run_job(spec, f"{stage} validation")
+        job, _ = run_job(_validation_spec(validation_config, stage_model, data, stage), f"{stage} validation")
         metrics = EvalResult.load(job.run_dir / "eval").metrics
         summary["validation"][stage] = {"exact_match": metrics["exact_match"],
                                         "exact_match_stderr": metrics["exact_match_stderr"], "rows": metrics["n"],
@@ -287,15 +285,7 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
         current = model
         summary["final_stage"] = "baseline" if "baseline" in config.stages else None
         if "sft" in config.stages:
-            sft_config = CONFIGS[profile.sft_method].for_platform("local", seed=config.seed, **profile.sft)
-            extra = {}
-            if data.validation_file is not None and data.labels:
-                extra = {"validation_file": str(data.validation_file), "validation_rows": profile.validation["rows"],
-                         "validate_from": profile.validation["from"]}
-            # The eval loss curve uses validation rows too: the evaluation rows stay unseen until the stage eval.
-            job, result = run_job(JobSpec(profile.sft_method, sft_config, model=model, train_file=str(data.sft_file),
-                                          eval_file=str(data.validation_file or data.sft_file), labels=data.labels,
-                                          name="sft", extra=extra), "sft")
+            job, result = run_job(_sft_spec(config, profile, model, data), "sft")
             curves["SFT loss"] = (job.metrics(), "loss")
             current = str(job.run_dir)
             selection = (result.output or {}).get("selection")
@@ -306,10 +296,7 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
             summary["final_stage"] = "sft"
             evaluate_stage("sft", current)
         if "rft" in config.stages:
-            rft_config = RFTLoraConfig.for_platform("local", seed=config.seed, **profile.rft)
-            validation = str(data.validation_file) if data.validation_file is not None else None
-            job, _ = run_job(JobSpec("rft_lora", rft_config, model=current, train_file=str(data.rft_file),
-                                     eval_file=validation, labels=data.labels, name="rft"), "rft")
+            job, _ = run_job(_rft_spec(config, profile, current, data), "rft")
             curves["RFT reward"] = (job.metrics(), "reward_mean")
             rft_model = str(job.run_dir)
             kept = True
@@ -338,6 +325,98 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
     log(f"done in {summary['seconds']:.0f} s\n" + "\n\n".join(t.round(3).to_string() for t in tables) +
         f"\nstages: {out / 'stages.json'}\nreport: {out / 'report.html'}")
     return summary
+
+
+def _eval_configs(config: PipelineConfig, profile: Profile) -> tuple[EvalConfig, EvalConfig]:
+    """(the stage evaluations' config, the validation checks' config)."""
+    eval_config = EvalConfig.for_platform("local", **{"seed": config.seed, **profile.eval})
+    validation_config = EvalConfig.for_platform("local", **{**profile.eval, "seed": config.seed, "loglik": False,
+                                                            "limit": profile.validation["rows"]})
+    return eval_config, validation_config
+
+
+def _eval_spec(eval_config: EvalConfig, model: str, data: PipelineData, stage: str):
+    from nbtoolkit.runtime import JobSpec
+
+    return JobSpec("eval", eval_config, model=model, eval_file=str(data.eval_file), labels=data.labels,
+                   name=f"eval-{stage}")
+
+
+def _validation_spec(validation_config: EvalConfig, model: str, data: PipelineData, stage: str):
+    from nbtoolkit.runtime import JobSpec
+
+    return JobSpec("eval", validation_config, model=model, eval_file=str(data.validation_file),
+                   labels=data.labels, name=f"validate-{stage}")
+
+
+def _sft_spec(config: PipelineConfig, profile: Profile, model: str, data: PipelineData):
+    from nbtoolkit.runtime import JobSpec
+
+    sft_config = CONFIGS[profile.sft_method].for_platform("local", seed=config.seed, **profile.sft)
+    extra = {}
+    if data.validation_file is not None and data.labels:
+        extra = {"validation_file": str(data.validation_file), "validation_rows": profile.validation["rows"],
+                 "validate_from": profile.validation["from"]}
+    # The eval loss curve uses validation rows too: the evaluation rows stay unseen until the stage eval.
+    return JobSpec(profile.sft_method, sft_config, model=model, train_file=str(data.sft_file),
+                   eval_file=str(data.validation_file or data.sft_file), labels=data.labels, name="sft", extra=extra)
+
+
+def _rft_spec(config: PipelineConfig, profile: Profile, model: str, data: PipelineData):
+    from nbtoolkit.runtime import JobSpec
+
+    rft_config = RFTLoraConfig.for_platform("local", seed=config.seed, **profile.rft)
+    validation = str(data.validation_file) if data.validation_file is not None else None
+    return JobSpec("rft_lora", rft_config, model=model, train_file=str(data.rft_file), eval_file=validation,
+                   labels=data.labels, name="rft")
+
+
+def pipeline_specs(config: PipelineConfig, data: PipelineData, model: str) -> list:
+    """The domain jobs of a run, in order (later stages name the base model: their own does not exist yet);
+    with validation rows, the check of RFT's model that decides whether it is kept."""
+    profile = PROFILES[config.profile]
+    eval_config, validation_config = _eval_configs(config, profile)
+    specs = []
+    for stage in STAGES:
+        if stage not in config.stages:
+            continue
+        if stage == "sft":
+            specs.append(_sft_spec(config, profile, model, data))
+        elif stage == "rft":
+            specs.append(_rft_spec(config, profile, model, data))
+            if data.validation_file is not None:
+                specs.append(_validation_spec(validation_config, model, data, stage))
+        specs.append(_eval_spec(eval_config, model, data, stage))
+    return specs
+
+
+def _plan_estimate(config: PipelineConfig, profile: Profile, data: PipelineData, model: str, *,
+                   calibrate: bool, runs_dir: str | os.PathLike | None = None):
+    """The run's estimate: every domain job in a row; the general checks are named, not timed."""
+    from nbtoolkit.estimate.local import estimate_jobs
+
+    notes = ("the general-ability checks after each stage are not included",) \
+        if _general_checks(config, profile) != ([], False) else ()
+    return estimate_jobs(pipeline_specs(config, data, model), f"pipeline, {profile.name} profile",
+                         calibrate=calibrate, runs_dir=runs_dir, rate_model=model, notes=notes)
+
+
+def estimate_pipeline(config: PipelineConfig | None = None, *, calibrate: bool = True,
+                      runs_dir: str | os.PathLike | None = "runs", log: Callable[[str], None] = print):
+    """How long `run_pipeline(config)` takes here, before running it: prepares the data in a temporary directory,
+    calibrates what no finished job or cached calibration covers (calibrate=False: shipped priors only), and
+    returns the Estimate. runs_dir: finished jobs that refine the rates."""
+    import tempfile
+
+    config = config or PipelineConfig()
+    profile = PROFILES[config.profile]
+    _general_checks(config, profile)
+    with tempfile.TemporaryDirectory(prefix="nbtoolkit-estimate-") as tmp:
+        data = _prepare(config, profile, Path(tmp), lambda message: None)
+        model = config.model or (profile.model if profile.model != "tiny" else _model(config, profile, Path(tmp)))
+        if calibrate:
+            log("calibrating this machine where no rate is known yet (under 30 s per job kind)")
+        return _plan_estimate(config, profile, data, model, calibrate=calibrate, runs_dir=runs_dir)
 
 
 def _general_checks(config: PipelineConfig, profile: Profile) -> tuple[list[str | Path], bool]:

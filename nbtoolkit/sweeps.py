@@ -223,10 +223,27 @@ class Sweep:
 
     # -- running ------------------------------------------------------------------------------------------------
 
-    def start(self) -> Sweep:
-        """Launch the sweep in a background thread and return at once (jobs are subprocesses)."""
+    def estimate(self, *, calibrate: bool = False):
+        """How long the grid's training jobs take on this machine, max_parallel at a time (an Estimate; the
+        evaluation jobs are named in its notes, not timed). calibrate=True times the method first when no rate
+        is known (about 30 s)."""
+        from nbtoolkit.estimate.local import estimate_jobs
+
+        evaluations = len(self.specs) + self.baseline if self._eval_spec("model", "eval") is not None else 0
+        notes = (f"the {evaluations} evaluation jobs are not included",) if evaluations else ()
+        return estimate_jobs(self.specs, "sweep", calibrate=calibrate, at_once=self.max_parallel, notes=notes,
+                             runs_dir=getattr(self.runtime, "runs_dir", None))
+
+    def start(self, *, show_estimate: bool = True) -> Sweep:
+        """Launch the sweep in a background thread and return at once (jobs are subprocesses); prints the
+        estimate first (show_estimate=False: not)."""
         if self._thread is not None and self._thread.is_alive():
             raise NbtoolkitError("this sweep is already running")
+        if show_estimate and hasattr(self.runtime, "runs_dir"):
+            try:
+                print(self.estimate())
+            except Exception as error:  # noqa: BLE001 - an estimate never stops the sweep it describes
+                print(f"estimate: not available ({type(error).__name__}: {error})")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._save()
         self._stop.clear()

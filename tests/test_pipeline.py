@@ -34,6 +34,8 @@ def test_tiny_pipeline_runs_every_stage_and_writes_stages_and_report(tmp_path):
     assert "Δ rft" in report
     assert (out / "data" / "manifest.json").exists()
     assert any("label accuracy" in line for line in lines)
+    first_job = next(i for i, line in enumerate(lines) if line.startswith("[baseline eval]"))
+    assert any(line.startswith("estimate: pipeline, tiny profile (6 jobs)") for line in lines[:first_job])
 
     # choices on validation rows, numbers on the evaluation rows, each saying so
     assert stages["evaluation"]["split"] == "eval" and "no choice" in stages["evaluation"]["use"]

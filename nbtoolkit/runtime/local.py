@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from nbtoolkit.errors import NbtoolkitError, os_error_message, unknown_name_message
+from nbtoolkit.estimate.local import estimate_for_launch, estimate_text, record_launch_estimate
 from nbtoolkit.runtime.events import (
     COMPLETED,
     FAILED,
@@ -670,6 +671,7 @@ class DryRunReport:
     command: list[str]
     job_json: dict[str, Any]
     run_dir: str = ""
+    estimate: Any = None  # nbtoolkit.estimate.local.JobEstimate of a built-in job whose checks passed
 
     @property
     def failed(self) -> list[Check]:
@@ -684,6 +686,8 @@ class DryRunReport:
                 f"dry run: {len(self.failed)} of {len(self.checks)} checks failed (nothing launched)")
         width = max((len(c.name) for c in self.checks), default=0)
         lines = [head] + [f"  {'ok  ' if c.ok else 'FAIL'} {c.name.ljust(width)}  {c.detail}" for c in self.checks]
+        if self.ok:
+            lines.append(f"estimate: {estimate_text(self.estimate)}")
         lines += [f"run dir: {self.run_dir}", f"command: {self.command_line}",
                   "job.json:", json.dumps(self.job_json, indent=2)]
         return "\n".join(lines)
@@ -694,8 +698,10 @@ class DryRunReport:
             f"<td>{html.escape(c.name)}</td><td style='text-align:left'>{html.escape(c.detail)}</td></tr>"
             for c in self.checks)
         head = ("all checks passed" if self.ok else f"{len(self.failed)} of {len(self.checks)} checks failed")
+        estimate = (f"<div class='nbt-estimate'>estimate: {html.escape(estimate_text(self.estimate))}</div>"
+                    if self.ok else "")
         return (f'<div class="nbt-dry-run"><b>Dry run: {head}</b> (nothing launched)<table>{rows}</table>'
-                f"run dir: <code>{html.escape(self.run_dir)}</code><br>command:"
+                f"{estimate}run dir: <code>{html.escape(self.run_dir)}</code><br>command:"
                 f"<pre>{html.escape(self.command_line)}</pre><details><summary>job.json</summary>"
                 f"<pre>{html.escape(json.dumps(self.job_json, indent=2))}</pre></details></div>")
 
@@ -966,7 +972,9 @@ class LocalRuntime:
                             "(3x the model + 200 MB)"))
         command = self.command(run_dir)
         job_json = self._job_json(spec, model, files, command, attempt=attempt, resume=resume_from is not None)
-        return DryRunReport(all(c.ok for c in checks), checks, command, job_json, str(run_dir))
+        ok = all(c.ok for c in checks)
+        estimate = estimate_for_launch(spec, self.runs_dir) if ok else None
+        return DryRunReport(ok, checks, command, job_json, str(run_dir), estimate)
 
     def _check_runs_dir(self) -> Check:
         runs_dir = self.runs_dir
@@ -1033,6 +1041,8 @@ class LocalRuntime:
                     "attempts": [*history, {"attempt": report.job_json["attempt"], "launched": utc_now(),
                                             "resume": resume_from is not None}]}
         write_json_atomic(run_dir / JOB_FILE, job_json)
+        if report.estimate is not None:
+            record_launch_estimate(run_dir, report.estimate)
         (run_dir / PID_FILE).unlink(missing_ok=True)
         write_json_atomic(run_dir / STATUS_FILE, {"state": IN_PROGRESS, "reason": "starting", "pid": None,
                                                   "attempt": job_json["attempt"], "started": None, "ended": None})

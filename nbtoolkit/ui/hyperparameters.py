@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import threading
 import warnings
 from typing import Any
 
@@ -21,6 +22,9 @@ _STYLE = """<style>
 .nbt-hp-form .nbt-changed input, .nbt-hp-form .nbt-changed select { background: #fff8c5 !important; }
 </style>"""
 JOB_FIELDS = ("name", "model", "train_file", "eval_file", "labels")
+ESTIMATE_DELAY = 0.4  # seconds of quiet after a change before the estimate is recomputed (typing stays smooth)
+NEEDS_DATA = "estimate: give the model and the data file (Job: model and data) to see how long this job takes"
+CALIBRATING = "estimate: calibrating this machine in the background (about 30 s: a couple of steps on a few rows)"
 
 
 def _kind(field: dataclasses.Field, rule: Any) -> str:
@@ -68,8 +72,10 @@ class HyperparameterForm(WidgetView):
     and are never raised by the form. "Dry run" shows `runtime.launch(spec, dry_run=True)`; "Launch" starts the job
     and a JobMonitor. Headless: `form.value` (the config), `form.spec`, `form.dry_run()`, `form.launch_job()`.
     `runtime` is a LocalRuntime (default: LocalRuntime("runs")) or anything with `launch(spec, dry_run=...)`.
+    The estimate line under the fields follows every change (recomputed in a thread a moment after the last one;
+    `estimate_ready` is set when it is current); "Calibrate" times this machine in the background.
     Children: `platform`, `fields[name]` (also `form.<name>`), `name`, `model`, `train_file`, `eval_file`,
-    `labels`, `reset`, `dry_run_button`, `launch`, `messages`, `output`.
+    `labels`, `reset`, `dry_run_button`, `launch`, `messages`, `estimate`, `calibrate`, `output`.
     """
 
     def __init__(self, method: str = "sft_lora", platform: str = "local", runtime: Any = None, spec: Any = None,
@@ -99,6 +105,14 @@ class HyperparameterForm(WidgetView):
         self.grid = w.GridBox(layout=w.Layout(grid_template_columns="minmax(320px, 1.3fr) 80px 80px 120px 2fr",
                                               grid_gap="2px 8px", align_items="center"))
         self.messages = add_classes(w.HTML(), "nbt-warnings")
+        self.estimate = add_classes(w.HTML(), "nbt-estimate")
+        self.calibrate = add_classes(w.Button(description="Calibrate", icon="clock-o", tooltip=(
+            "time a couple of steps on a few rows of the data (about 30 s, in the background) so the estimate "
+            "uses this machine's own rate")), "nbt-calibrate")
+        self.estimate_ready = threading.Event()  # set each time the estimate shown is up to date
+        self._estimate_timer: threading.Timer | None = None
+        self._estimate_generation = 0
+        self._estimate_lock = threading.RLock()
         self.name = w.Text(description="job name")
         self.model = w.Text(description="model", layout=w.Layout(width="100%"))
         self.train_file = w.Text(description="train_file", layout=w.Layout(width="100%"))
@@ -121,6 +135,7 @@ class HyperparameterForm(WidgetView):
             w.HTML(_STYLE + f"<b>{html.escape(self.config_class.__name__)}</b> "
                    f"<span style='color:#57606a'>{html.escape(self.config_class.__doc__ or '')}</span>"),
             self.platform, self.platform_info, self.grid, self.messages, job_section,
+            w.HBox([self.estimate, self.calibrate]),
             w.HBox([self.reset, self.dry_run_button, self.launch]), self.output,
         ], layout=w.Layout(width="100%")), "nbt-hp-form", f"nbt-hp-{method}")
 
@@ -128,6 +143,9 @@ class HyperparameterForm(WidgetView):
         self.reset.on_click(lambda _: self._build_fields())
         self.dry_run_button.on_click(self._on_dry_run_click)
         self.launch.on_click(self._on_launch_click)
+        self.calibrate.on_click(self._on_calibrate_click)
+        for widget in (self.model, self.train_file, self.eval_file, self.labels):
+            widget.observe(self._on_job_change, names="value")
 
         base = spec.config if spec is not None and spec.config is not None and \
             spec.config.platform == platform and isinstance(spec.config, self.config_class) else None
@@ -271,6 +289,8 @@ class HyperparameterForm(WidgetView):
         self.messages.value = "".join(lines)
         self.launch.disabled = config is None
         self.dry_run_button.disabled = config is None
+        self._config = config
+        self._schedule_estimate()
         return config
 
     @property
@@ -284,11 +304,14 @@ class HyperparameterForm(WidgetView):
     @property
     def spec(self):
         """The JobSpec a launch uses: the template spec (model, data, name) with this form's config."""
+        return self._spec_for(self.value)
+
+    def _spec_for(self, config: MethodConfig):
         from nbtoolkit.runtime import JobSpec
 
         labels = tuple(label.strip() for label in self.labels.value.split(",") if label.strip()) or None
         extra = dict(self.template.extra) if self.template is not None else {}
-        return JobSpec(self.method, self.value, model=self.model.value.strip() or None,
+        return JobSpec(self.method, config, model=self.model.value.strip() or None,
                        train_file=self.train_file.value.strip() or None,
                        eval_file=self.eval_file.value.strip() or None, labels=labels,
                        name=self.name.value.strip() or None, extra=extra)
@@ -320,6 +343,86 @@ class HyperparameterForm(WidgetView):
 
     def _on_field_change(self, change: Any) -> None:
         self._check()
+
+    def _on_job_change(self, change: Any) -> None:
+        self._schedule_estimate()
+
+    # -- the estimate (computed in a thread, a moment after the last change) ------------------------------------
+
+    def _estimate_spec(self) -> Any | None:
+        """The spec to estimate, or None when the form is invalid or lacks the model or the data."""
+        config = self.__dict__.get("_config")
+        if config is None or not self.model.value.strip() or \
+                not (self.train_file.value.strip() or self.eval_file.value.strip()):
+            return None
+        try:
+            return self._spec_for(config)
+        except (ValueError, TypeError):
+            return None
+
+    def _schedule_estimate(self, *, calibrate: bool = False, delay: float = ESTIMATE_DELAY) -> None:
+        if "estimate" not in self.__dict__:
+            return  # fields are being built
+        with self._estimate_lock:
+            self._estimate_generation += 1
+            generation = self._estimate_generation
+            if self._estimate_timer is not None:
+                self._estimate_timer.cancel()
+            self.estimate_ready.clear()
+            spec = self._estimate_spec()
+            if spec is None:
+                self.estimate.value = message_html(NEEDS_DATA, "info") if not self.errors else ""
+                self.estimate_ready.set()
+                return
+            if calibrate:
+                self.estimate.value = message_html(CALIBRATING, "info")
+            self._estimate_timer = threading.Timer(delay, self._update_estimate, (spec, generation, calibrate))
+            self._estimate_timer.daemon = True
+            self._estimate_timer.start()
+
+    def _update_estimate(self, spec: Any, generation: int, calibrate: bool) -> None:
+        """Runs in a timer thread: only sets widget traits, and only when no newer change came in."""
+        try:
+            text, kind = self._estimate_text(spec, calibrate), "info"
+        except Exception as error:  # noqa: BLE001 - whatever fails, the form shows it and stays usable
+            text, kind = f"estimate: not available ({type(error).__name__}: {error})", "warning"
+        with self._estimate_lock:
+            if generation != self._estimate_generation:
+                return
+            self.estimate.value = message_html(text, kind)
+            self.estimate_ready.set()
+
+    def _estimate_text(self, spec: Any, calibrate: bool) -> str:
+        if spec.config.platform == "nova":
+            return self._nova_estimate_text(spec)
+        from nbtoolkit.estimate.local import estimate_spec
+
+        runs_dir = getattr(self._runtime(), "runs_dir", None)
+        found = estimate_spec(spec, calibrate=calibrate, runs_dir=runs_dir)
+        if found.estimate is None:
+            return f"estimate: {found.work.detail}; {found.message}"
+        return f"estimate: {found.estimate.headline()} ({found.work.detail}; rate {found.estimate.source})"
+
+    def _nova_estimate_text(self, spec: Any) -> str:
+        from nbtoolkit.aws.nova import NOVA_INSTANCES
+        from nbtoolkit.estimate.cloud import instance_price, nova_instance_count
+        from nbtoolkit.models import resolve_model
+
+        model = resolve_model(spec.model).name
+        allowed = NOVA_INSTANCES.get((model, spec.kind), ())
+        runtime_type = getattr(self.runtime, "instance_type", None)
+        instance_type = runtime_type if runtime_type in allowed else (allowed[0] if allowed else None)
+        if instance_type is None:
+            return f"estimate: no Nova recipe runs {spec.kind} for {model}"
+        count = nova_instance_count(model, spec.kind, instance_type, getattr(self.runtime, "instance_count", None))
+        price = instance_price(instance_type)
+        cost = (f"${price.usd_per_hour * count:,.2f} per hour" if price.usd_per_hour is not None
+                else "price unknown offline")
+        return (f"estimate: {count} x {instance_type}, {cost} ({price.source}); hours depend on the model's size, "
+                "which Nova does not publish")
+
+    def _on_calibrate_click(self, button: Any) -> None:
+        self._schedule_estimate(calibrate=True, delay=0.0)
 
     def _on_platform_change(self, change: Any) -> None:
         self._build_fields()

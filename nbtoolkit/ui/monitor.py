@@ -43,6 +43,8 @@ class JobSnapshot:
     numbers: dict[str, float] = field(default_factory=dict)
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     logs: str = ""
+    estimate: Any = None  # the nbtoolkit.estimate.Estimate recorded at launch, when the job has one
+    elapsed: float | None = None  # seconds since the job started, as its progress reports them
 
     @property
     def fraction(self) -> float | None:
@@ -127,8 +129,15 @@ def take_snapshot(job: Any, clock: EtaClock, tail: int = 15) -> JobSnapshot:
             eta = clock.update("train", step, int(total))
     if done:
         eta = None
+    run_dir = getattr(job, "run_dir", None)
+    estimate = None
+    if run_dir is not None:
+        from nbtoolkit.estimate.local import launch_estimate
+
+        estimate = launch_estimate(run_dir)
+    elapsed = progress.get("elapsed") if progress else None
     return JobSnapshot(state, reason, done, phase, step, total, eta, _latest(metrics), metrics,
-                       str(job.logs(tail) or ""))
+                       str(job.logs(tail) or ""), estimate, elapsed)
 
 
 def _number(value: float) -> str:
@@ -157,12 +166,15 @@ def snapshot_html(title: str, snapshot: JobSnapshot, curves_png: bytes | None = 
 
 
 def _progress_text(snapshot: JobSnapshot) -> str:
-    if not snapshot.total:
-        return ""
-    text = f"{snapshot.phase or 'step'} {snapshot.step}/{snapshot.total}"
-    if snapshot.eta_seconds is not None:
-        text += f" · ETA {format_seconds(snapshot.eta_seconds)}"
-    return text
+    parts = []
+    if snapshot.total:
+        parts.append(f"{snapshot.phase or 'step'} {snapshot.step}/{snapshot.total}")
+        if snapshot.eta_seconds is not None:
+            parts.append(f"ETA {format_seconds(snapshot.eta_seconds)}")
+    if snapshot.estimate is not None:
+        parts.append(f"estimated {snapshot.estimate.headline()}"
+                     + (f", elapsed {format_seconds(snapshot.elapsed)}" if snapshot.elapsed is not None else ""))
+    return " · ".join(parts)
 
 
 class JobMonitor(WidgetView):

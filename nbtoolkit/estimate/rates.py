@@ -1,0 +1,340 @@
+"""This machine's rates per (model, method, device plan): measured by a short calibration, refined by finished
+jobs, cached in the user cache dir (estimates.json). A shipped prior is only a labelled fallback.
+
+A rate is work units per second of a job's busy time (training steps or generation) plus the job's fixed seconds
+(start, model load, precheck, export), both read from what a job writes: result.json `seconds`, and its output's
+`train_seconds` (SFT, RFT) or `samples_per_second` (eval).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from nbtoolkit.errors import NbtoolkitError
+from nbtoolkit.estimate.core import CALIBRATED_SPREAD, RECORDED_SPREAD, Rate
+from nbtoolkit.runtime.events import JOB_FILE, RESULT_FILE, read_json, read_metrics, write_json_atomic
+from nbtoolkit.runtime.worker import BUILTIN_KINDS
+
+CACHE_FORMAT = 1
+CACHE_FILE = "estimates.json"
+ESTIMATE_FILE = "estimate.json"  # what a local job's run directory records at launch
+CALIBRATION_STEPS = 2  # the first step warms up; the rate is read from the last
+CALIBRATION_TIMEOUT = 240.0
+MAX_RECORDED = 20  # recorded jobs kept per key, newest last
+UNITS = {"sft": "training tokens", "rft_lora": "rollout tokens", "eval": "eval tokens"}
+_LOCK = threading.Lock()
+
+
+class CalibrationError(NbtoolkitError, RuntimeError):
+    """The calibration job failed; the message holds its log tail."""
+
+
+def unit_of(kind: str) -> str:
+    return UNITS["sft"] if kind.startswith("sft") else UNITS[kind]
+
+
+def cache_path() -> Path:
+    """Where rates are cached: <nbtoolkit cache>/estimates.json ($NBTOOLKIT_CACHE moves it)."""
+    from nbtoolkit.models import cache_root
+
+    return cache_root() / CACHE_FILE
+
+
+def machine_id() -> str:
+    """This machine for rates: host, CPU model and cores (a rate measured elsewhere means little here)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{socket.gethostname()}/{cpu}/{os.cpu_count()} cores"
+
+
+_PLAN: list[str] = []
+
+
+def device_plan_id() -> str:
+    """The device plan a job would get here (device, weights and autocast dtypes); imports torch once."""
+    if not _PLAN:
+        from nbtoolkit.models import plan_device
+
+        plan = plan_device()
+        _PLAN.append(f"{plan.device}/{plan.weights_dtype}/{plan.autocast_dtype or 'no-autocast'}")
+    return _PLAN[0]
+
+
+def model_id(model: str) -> str:
+    """A model for rates: its registry name, or the resolved directory of a local model. A training run
+    directory stands for the model it was trained from (same architecture, same cost per token)."""
+    from nbtoolkit.models import resolve_model
+
+    base = (read_json(Path(model) / JOB_FILE) or {}).get("model") if Path(model).is_dir() else None
+    if base and base != model:
+        return model_id(base)
+    spec = resolve_model(model)
+    return spec.source if spec.kind == "local" else spec.name
+
+
+def method_id(kind: str, config: Any) -> str:
+    """The method and the batch shape that change a token's cost (micro batch, group size, generation batch)."""
+    if kind in ("sft_lora", "sft_full"):
+        return f"{kind}/mb{config.micro_batch_size}x{config.parallel_micro_batches}"
+    if kind == "rft_lora":
+        return f"{kind}/mb{config.micro_batch_size}/g{config.number_generation}"
+    return f"{kind}/b{config.batch_size}" + ("/loglik" if config.loglik else "")
+
+
+def rate_key(kind: str, config: Any, model: str, *, plan: str | None = None, machine: str | None = None) -> str:
+    return " | ".join((machine or machine_id(), model_id(model), method_id(kind, config), plan or device_plan_id()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The cache file
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    data = read_json(path) or {}
+    if data.get("format") != CACHE_FORMAT:
+        return {"format": CACHE_FORMAT, "rates": {}}
+    return data
+
+
+def _update_cache(path: Path, key: str, update) -> None:
+    with _LOCK:
+        data = _read_cache(path)
+        entry = data["rates"].setdefault(key, {})
+        update(entry)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, data)
+
+
+def cached_entry(key: str, path: Path | None = None) -> dict[str, Any]:
+    return _read_cache(path or cache_path())["rates"].get(key, {})
+
+
+def store_calibration(key: str, measured: dict[str, Any], path: Path | None = None) -> None:
+    def update(entry: dict) -> None:
+        entry["calibrated"] = measured
+
+    _update_cache(path or cache_path(), key, update)
+
+
+def store_recorded(key: str, measured: dict[str, Any], path: Path | None = None) -> None:
+    """Add a finished job's rate (once per run directory)."""
+    def update(entry: dict) -> None:
+        recorded = [r for r in entry.get("recorded", []) if r.get("run_dir") != measured.get("run_dir")]
+        entry["recorded"] = [*recorded, measured][-MAX_RECORDED:]
+
+    _update_cache(path or cache_path(), key, update)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading a finished job
+
+
+def busy_seconds(kind: str, output: dict[str, Any]) -> float | None:
+    """Seconds a finished job spent on its steps (training) or replies (eval), from its returned output."""
+    if kind in ("sft_lora", "sft_full", "rft_lora"):
+        value = output.get("train_seconds")
+        return float(value) if value else None
+    metrics = output.get("metrics") or {}
+    n, per_second = metrics.get("n"), metrics.get("samples_per_second")
+    return n / per_second if n and per_second else None
+
+
+def measured_from_run(run_dir: str | os.PathLike, *, work: float | None = None) -> dict[str, Any] | None:
+    """{"rate", "overhead_seconds", "seconds", "when", "run_dir"} of a COMPLETED run, or None when it cannot tell.
+
+    work: the units the job processed (SFT tells its tokens/s itself; RFT and eval need the planned work).
+    """
+    run_dir = Path(run_dir)
+    result = read_json(run_dir / RESULT_FILE) or {}
+    if result.get("status") != "COMPLETED" or not result.get("seconds"):
+        return None
+    output = result.get("output") or {}
+    busy = busy_seconds(result.get("kind", ""), output)
+    if not busy:
+        return None
+    rate = None
+    if result.get("kind", "").startswith("sft"):
+        rate = output.get("tokens_per_second")
+    elif work:
+        rate = work / busy
+    if not rate:
+        return None
+    return {"rate": float(rate), "overhead_seconds": max(0.0, float(result["seconds"]) - busy),
+            "seconds": float(result["seconds"]), "when": result.get("ended"), "run_dir": str(run_dir.resolve())}
+
+
+def _last_step_rate(run_dir: Path) -> float | None:
+    """tokens/s of the last logged SFT step (the first one warms up)."""
+    rows = [r for r in read_metrics(run_dir) if r.get("tokens_per_second")]
+    return float(rows[-1]["tokens_per_second"]) if rows else None
+
+
+def absorb_finished_runs(runs_dir: str | os.PathLike, path: Path | None = None) -> int:
+    """Record the rates of finished local jobs under runs_dir (or a pipeline's or sweep's jobs/ below it) that
+    recorded an estimate at launch; returns how many were new. Only runs of this machine count."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return 0
+    path = path or cache_path()
+    known = {r.get("run_dir") for entry in _read_cache(path)["rates"].values() for r in entry.get("recorded", [])}
+    added = 0
+    found = [*runs_dir.glob(f"*/{ESTIMATE_FILE}"), *runs_dir.glob(f"*/jobs/*/{ESTIMATE_FILE}")]  # pipelines, sweeps
+    for estimate_file in sorted(found):
+        run_dir = estimate_file.parent
+        if str(run_dir.resolve()) in known:
+            continue
+        launch = read_json(estimate_file) or {}
+        if not launch.get("key") or launch.get("machine") != machine_id():
+            continue
+        result = read_json(run_dir / RESULT_FILE) or {}
+        output = result.get("output") or {}
+        steps, planned = output.get("steps"), launch.get("steps")
+        work = launch.get("busy_work")
+        if work and steps and planned:
+            work = work * steps / planned  # a job stopped early did less
+        measured = measured_from_run(run_dir, work=work)
+        if measured is not None:
+            store_recorded(launch["key"], measured, path)
+            added += 1
+    return added
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Choosing a rate
+
+
+def _priors() -> dict[str, Any]:
+    return json.loads(resources.files("nbtoolkit.estimate").joinpath("data/local_priors.json").read_text())
+
+
+def prior_rate(kind: str, model: str) -> Rate | None:
+    """The shipped prior for the embedded model, wide and labelled: used only when calibration is off."""
+    from nbtoolkit.models import DEFAULT_MODEL
+
+    if model_id(model) != DEFAULT_MODEL:
+        return None
+    priors = _priors()
+    entry = priors["rates"].get(kind)
+    if entry is None:
+        return None
+    low, high = priors["spread"]
+    return Rate(entry["rate"] * low, entry["rate"] * high, unit_of(kind), entry["overhead_seconds"],
+                f"shipped prior, not this machine ({priors['measured_on']}, {priors['date']}); calibrate for a "
+                "real figure", "prior")
+
+
+def rate_from_entry(kind: str, entry: dict[str, Any]) -> Rate | None:
+    """Recorded jobs first (the real thing on this machine), else the calibration."""
+    unit = unit_of(kind)
+    recorded = entry.get("recorded") or []
+    if recorded:
+        rates = [r["rate"] for r in recorded]
+        overhead = statistics.median(r["overhead_seconds"] for r in recorded)
+        return Rate(min(rates) * (1 - RECORDED_SPREAD), max(rates) * (1 + RECORDED_SPREAD), unit, overhead,
+                    f"{len(recorded)} finished job{'s' if len(recorded) > 1 else ''} on this machine, "
+                    f"last {str(recorded[-1].get('when') or '')[:10]}", "recorded")
+    calibrated = entry.get("calibrated")
+    if calibrated:
+        return Rate.around(calibrated["rate"], CALIBRATED_SPREAD, unit=unit,
+                           overhead_seconds=calibrated["overhead_seconds"],
+                           source=f"calibrated on this machine {str(calibrated.get('when') or '')[:10]} "
+                                  f"({calibrated['seconds']:.0f} s)", kind="calibrated")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Calibration: the real job function on a few rows for a few steps, in a subprocess
+
+
+def calibration_spec(spec: Any) -> tuple[Any, int]:
+    """(the spec to time, rows it needs): the same method, model and batch shape, a couple of steps."""
+    config = spec.config
+    if spec.kind in ("sft_lora", "sft_full"):
+        batch = config.micro_batch_size * config.parallel_micro_batches
+        small = replace(config, max_steps=CALIBRATION_STEPS, warmup_steps=0, save_steps=CALIBRATION_STEPS,
+                        logging_steps=1, global_batch_size=batch)
+        return replace(spec, config=small, eval_file=None, extra={}), batch * CALIBRATION_STEPS
+    if spec.kind == "rft_lora":
+        from nbtoolkit.training.rft import PRECHECK_PROMPTS
+
+        prompts = config.global_batch_size // config.number_generation
+        small = replace(config, max_steps=CALIBRATION_STEPS, warmup_steps=0, save_steps=CALIBRATION_STEPS,
+                        logging_steps=1)
+        return replace(spec, config=small, eval_file=None, extra={}), max(PRECHECK_PROMPTS,
+                                                                          prompts * CALIBRATION_STEPS)
+    if spec.kind == "eval":
+        rows = 2 * config.batch_size
+        return replace(spec, config=replace(config, limit=rows)), rows
+    raise ValueError(f"no calibration for job kind {spec.kind!r}: built-in kinds are {BUILTIN_KINDS}")
+
+
+def run_calibration(spec: Any, data_file: str, work_of: Any, *, timeout: float = CALIBRATION_TIMEOUT,
+                    python: str = sys.executable, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `spec` shrunk by calibration_spec on the first rows of `data_file` through the job worker, in a
+    subprocess (the kernel stays free); returns the measured rate. work_of(calibration spec, rows file) gives the
+    work the shrunk job processes (RFT, eval)."""
+    small, rows = calibration_spec(spec)
+    with tempfile.TemporaryDirectory(prefix="nbtoolkit-calibrate-") as tmp:
+        tmp_path = Path(tmp)
+        rows_file = tmp_path / "rows.jsonl"
+        _copy_rows(Path(data_file), rows_file, rows)
+        field = "eval_file" if spec.kind == "eval" else "train_file"
+        small = replace(small, **{field: str(rows_file)}, name=f"calibrate-{spec.kind.replace('_', '-')}")
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        job = small.to_dict()
+        write_json_atomic(run_dir / JOB_FILE, {"kind": small.kind, "spec": job, "config": job["config"],
+                                               "model": small.model, "train_file": small.train_file,
+                                               "eval_file": small.eval_file, "attempt": 1})
+        started = time.perf_counter()
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+                       "NBTOOLKIT_TRACKING": "off", **(env or {})}
+        try:
+            completed = subprocess.run([python, "-m", "nbtoolkit.runtime.worker", str(run_dir)], env=environment,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, text=True)
+        except subprocess.TimeoutExpired as error:
+            raise CalibrationError(f"calibration of {spec.kind} on {spec.model} took over {timeout:.0f} s") from error
+        wall = time.perf_counter() - started
+        work = None if spec.kind.startswith("sft") else work_of(small, rows_file)
+        measured = measured_from_run(run_dir, work=work)
+        if completed.returncode != 0 or measured is None:
+            log = (run_dir / "log.txt").read_text() if (run_dir / "log.txt").exists() else ""
+            tail = "\n".join((log + completed.stdout).splitlines()[-15:])
+            raise CalibrationError(f"calibration of {spec.kind} on {spec.model} failed:\n{tail}")
+        if spec.kind.startswith("sft"):
+            measured["rate"] = _last_step_rate(run_dir) or measured["rate"]
+        measured.update(seconds=wall, when=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        run_dir=None, rows=rows)
+        return measured
+
+
+def _copy_rows(source: Path, target: Path, rows: int) -> None:
+    """The first `rows` records of a JSONL file (or of any table evaluate reads, written as JSONL)."""
+    if source.suffix.lower() in (".jsonl", ".ndjson"):
+        with open(source, encoding="utf-8") as handle:
+            lines = [line for line in handle if line.strip()][:rows]
+        target.write_text("".join(lines), encoding="utf-8")
+        return
+    from nbtoolkit.data import load_table
+
+    load_table(source).head(rows).to_json(target, orient="records", lines=True, force_ascii=False)
