@@ -57,7 +57,9 @@ def response_length_figure(lengths: Mapping[str, Sequence[float]], *, ax: Axes |
         sns.histplot(frame, x=unit, hue="stage", bins=bins, element="step", stat="count", common_norm=False, ax=ax)
     if limit:
         ax.axvline(limit, color="grey", linestyle="--", linewidth=1)
-        ax.annotate("max_new_tokens", (limit, ax.get_ylim()[1] * 0.95), ha="right", fontsize=8, color="grey")
+        # Placed in axes coordinates (top, inside), so the label never runs past the top edge.
+        ax.text(limit, 0.97, "max_new_tokens ", transform=ax.get_xaxis_transform(), ha="right", va="top",
+                fontsize=8, color="grey")
     ax.set_xlabel(f"reply length ({unit})")
     ax.set_title("Response lengths")
     return figure
@@ -109,7 +111,10 @@ def training_curves_figure(metrics: pd.DataFrame, names: Sequence[str] | None = 
 def per_class_table(per_class: Mapping[str, pd.DataFrame],
                     columns: Sequence[str] = ("precision", "recall", "f1", "support")) -> pd.DataFrame:
     """Per-class metrics of several stages side by side: labels as rows, (stage, metric) as columns."""
-    return pd.concat({stage: table[list(columns)] for stage, table in per_class.items()}, axis=1)
+    table = pd.concat({stage: table[list(columns)] for stage, table in per_class.items()}, axis=1)
+    counts = [column for column in table.columns if column[-1] == "support"]
+    # Counts are whole numbers: shown "8", not "8.000" (a label missing from a stage stays empty, not 0).
+    return table.astype({column: "Int64" for column in counts})
 
 
 def per_class_figure(per_class: Mapping[str, pd.DataFrame], metric: str = "f1", *, ax: Axes | None = None) -> Figure:

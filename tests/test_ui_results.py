@@ -59,7 +59,7 @@ def test_stage_table_has_deltas_overall_change_and_stderr(stages):
     stderr = stages["rft"].metrics["label_accuracy_stderr"]
     assert f"0.833 ± {stderr:.3f}" in view.styler().to_html()
     seed = view.seed_table().to_html()
-    assert "rouge2" in seed and "bleu_lighteval_legacy" in seed and "seed 003" in seed
+    assert "rouge2" in seed and "bleu_lighteval_legacy" in seed and "Final result analysis" in seed
 
 
 def test_figures_show_every_stage(stages):
@@ -80,7 +80,9 @@ def test_results_widget_has_tabs_with_table_images_and_explorer(stages):
     assert tabs.titles == ("Metrics", "Confusion", "Lengths", "Per class", "Samples")
     assert len(tabs.children[0].children) == 1  # no general-ability table when none was measured
     assert "Δ rft − baseline" in tabs.children[0].children[0].value
-    assert bytes(tabs.children[1].value[:4]) == b"\x89PNG" and bytes(tabs.children[2].value[:4]) == b"\x89PNG"
+    for image in tabs.children[1:3]:  # vector figures at their own size, never wider than the tab
+        assert image.format == "svg+xml" and b"<svg" in bytes(image.value)
+        assert int(image.layout.width.removesuffix("px")) <= 720 and image.layout.max_width.startswith("calc(100%")
     assert view.explorer.stage.options == ("baseline", "sft", "rft")
     bundle = view._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and "<img" in bundle["text/html"]
@@ -187,3 +189,34 @@ def test_plot_helpers_for_curves_and_label_shares():
               "eval": pd.DataFrame({"answer": ["HQ", "LQ_EDIT"]})}
     ax = label_distribution_figure(label_distribution(splits, "answer")).axes[0]
     assert sorted(round(bar.get_height(), 2) for bar in ax.patches if bar.get_height()) == [0.5, 0.5, 0.5, 0.5]
+
+
+def test_counts_are_whole_numbers_and_blank_text_says_blank(stages):
+    view = ResultsView(stages)
+    per_class = view.per_class()
+    assert str(per_class[("rft", "support")].dtype) == "Int64"
+    html_table = view.widget.children[3].children[0].value
+    assert ">2<" in html_table and ">2.000<" not in html_table
+    blank = stages["rft"].predictions.copy()
+    blank.loc[0, "query"] = float("nan")
+    explorer = SampleExplorer(blank)
+    assert "NaN" not in explorer.samples.value and "nan" not in explorer.samples.value.split("(blank)")[0][-20:]
+    assert "(blank)" in explorer.samples.value
+
+
+def test_the_max_new_tokens_marker_stays_inside_the_length_histogram(stages):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from nbtoolkit.plots import response_length_figure
+
+    lengths = {s: r.predictions["reply_tokens"].tolist() for s, r in stages.items()}
+    for figure in (ResultsView(stages).lengths_figure(), Figure(figsize=(5, 1.8))):
+        ax = figure.axes[0] if figure.axes else figure.add_subplot()
+        if not ax.texts:  # a short panel: the label has little room above the bars
+            response_length_figure(lengths, ax=ax, limit=8)
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        marker = next(t for t in ax.texts if "max_new_tokens" in t.get_text())
+        box, frame = marker.get_window_extent(canvas.get_renderer()), ax.get_window_extent(canvas.get_renderer())
+        assert frame.y0 <= box.y0 and box.y1 <= frame.y1 + 0.5

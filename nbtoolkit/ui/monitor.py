@@ -19,10 +19,10 @@ import pandas as pd
 
 from nbtoolkit.advisor import advise_running
 from nbtoolkit.ui._base import WIDGET_MIME, WidgetView
-from nbtoolkit.ui._widgets import add_classes, figure_png, png_img, widgets
+from nbtoolkit.ui._widgets import COLOURS, MUTED, add_classes, figure_png, png_img, widgets
 
 DONE_STATES = ("COMPLETED", "FAILED", "STOPPED")
-STATE_COLOURS = {"COMPLETED": "#1a7f37", "FAILED": "#cf222e", "STOPPED": "#cf222e"}
+STATE_COLOURS = {"COMPLETED": COLOURS["ok"], "FAILED": COLOURS["error"], "STOPPED": MUTED}
 # Latest values shown beside the bar, in this order, when the job logs them.
 SHOWN_NUMBERS = ("loss", "eval_loss", "lr", "reward_mean", "eval_reward_mean", "kl", "completion_length",
                  "entropy", "tokens_per_second", "seconds_per_step")
@@ -146,8 +146,8 @@ def _number(value: float) -> str:
 
 def snapshot_html(title: str, snapshot: JobSnapshot, curves_png: bytes | None = None, *, css_class: str = "") -> str:
     """The monitor as plain HTML: what shows where widgets do not render."""
-    colour = STATE_COLOURS.get(snapshot.state.upper(), "#9a6700")
-    parts = [f'<div class="nbt-job-card {css_class}" style="border:1px solid #d0d7de;border-radius:6px;'
+    colour = STATE_COLOURS.get(snapshot.state.upper(), COLOURS["warning"])
+    parts = [f'<div class="nbt-job-card {css_class}" style="border:1px solid {COLOURS["border"]};border-radius:6px;'
              f'padding:6px 10px;font-size:13px"><b>{html.escape(title)}</b> '
              f'<span style="color:{colour};font-weight:bold">{html.escape(snapshot.state)}</span>'
              + (f" - {html.escape(str(snapshot.reason))}" if snapshot.reason else "")]
@@ -161,7 +161,7 @@ def snapshot_html(title: str, snapshot: JobSnapshot, curves_png: bytes | None = 
     if snapshot.logs:
         parts.append(f"<pre style='max-height:12em;overflow:auto;font-size:11px'>{html.escape(snapshot.logs)}</pre>")
     if not snapshot.done:
-        parts.append("<span style='color:#57606a'>stop it with job.cancel()</span>")
+        parts.append(f"<span style='color:{MUTED}'>stop it with job.cancel()</span>")
     return "".join(parts) + "</div>"
 
 
@@ -220,7 +220,7 @@ class JobMonitor(WidgetView):
         self.widget = add_classes(w.VBox([
             w.HBox([self.status, self.stop_button], layout=w.Layout(justify_content="space-between")),
             w.HBox([self.bar, self.progress_text]), self.numbers, self.advice, self.curves, self.log,
-        ], layout=w.Layout(border="1px solid #d0d7de", padding="4px 8px")), "nbt-job-monitor",
+        ], layout=w.Layout(border=f"1px solid {COLOURS['border']}", padding="4px 8px")), "nbt-job-monitor",
             f"nbt-monitor-{self.uid}")
         self.refresh()
         if start:
@@ -243,7 +243,7 @@ class JobMonitor(WidgetView):
         with self._lock:
             snapshot = take_snapshot(self.job, self._clock, self.tail)
             self.snapshot = snapshot
-            colour = STATE_COLOURS.get(snapshot.state.upper(), "#9a6700")
+            colour = STATE_COLOURS.get(snapshot.state.upper(), COLOURS["warning"])
             self.status.value = (f"<b>{html.escape(self.title)}</b> <span style='color:{colour};font-weight:bold'>"
                                  f"{html.escape(snapshot.state)}</span>"
                                  + (f" - {html.escape(str(snapshot.reason))}" if snapshot.reason else ""))

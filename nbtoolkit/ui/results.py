@@ -20,7 +20,7 @@ from nbtoolkit.plots import (
     stage_table_styler,
 )
 from nbtoolkit.ui._base import WidgetView, widgets_missing_html
-from nbtoolkit.ui._widgets import add_classes, figure_png, png_img, widgets
+from nbtoolkit.ui._widgets import add_classes, figure_image, figure_png, png_img, widgets
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -130,7 +130,7 @@ class ResultsView(WidgetView):
 
     def seed_table(self):
         """Seed 003's final table (ROUGE, exact match, F1, BLEU) for these stages."""
-        return self.styler(SEED_TABLE_METRICS, caption="Final result analysis (seed 003's metrics)")
+        return self.styler(SEED_TABLE_METRICS, caption="Final result analysis (ROUGE, exact match, F1, BLEU)")
 
     def confusion_figure(self, *, normalize: bool = False) -> Figure:
         """The stages' confusion matrices side by side (true label rows, predicted columns)."""
@@ -175,21 +175,19 @@ class ResultsView(WidgetView):
 
         w = widgets()
 
-        def image(figure: Figure, css: str) -> Any:
-            return add_classes(w.Image(value=figure_png(figure), format="png", layout=w.Layout(max_width="100%")),
-                               css)
-
         per_class = self.per_class()
-        per_class_box = w.VBox([w.HTML(per_class.style.format(precision=3).to_html()),
-                                image(self.per_class_figure(), "nbt-per-class")]) if per_class is not None else \
+        counts = [column for column in per_class.columns if column[-1] == "support"]
+        per_class_box = w.VBox([w.HTML(per_class.style.format(precision=3).format("{:,.0f}", subset=counts)
+                                       .to_html()),
+                                figure_image(self.per_class_figure(), "nbt-per-class")]) if per_class is not None else \
             w.HTML("<i>free-text task: no per-class metrics</i>")
         self.explorer = SampleExplorer(self.results)
         metrics = [add_classes(w.HTML(self.styler().to_html()), "nbt-stage-table")]
         if self.general:
             metrics.append(add_classes(w.HTML(self.general_styler().to_html()), "nbt-general-table"))
         tabs = w.Tab(children=[w.VBox(metrics),
-                               image(self.confusion_figure(), "nbt-confusion"),
-                               image(self.lengths_figure(), "nbt-lengths"), per_class_box, self.explorer.widget],
+                               figure_image(self.confusion_figure(), "nbt-confusion"),
+                               figure_image(self.lengths_figure(), "nbt-lengths"), per_class_box, self.explorer.widget],
                      titles=("Metrics", "Confusion", "Lengths", "Per class", "Samples"))
         return add_classes(tabs, "nbt-results-view")
 
