@@ -515,18 +515,25 @@ _FORMS_NOTEBOOK = (
     "frame = nbt.make_stackoverflow_dataset(60, seed=0)\n"
     "frame.loc[frame.index[3], 'Body'] = 'User: a reserved string'\n"
     "mapping = ColumnMappingForm(frame, out_dir='prepared')\n"
-    "mapping.reserved.value = 'reject'\nmapping.show_problems.value = True\nmapping.options.selected_index = 0\n"
-    "mapping",
-    "sft = HyperparameterForm('sft_lora', monitor=False, max_steps=40, lora_r=32)\n"
-    "sft.job_section.selected_index = 0\nsft.set(lr=5e-4)\nsft",
+    "mapping.reserved.value = 'reject'\nmapping.show_problems.value = True\n"
+    "def open_sections(form):  # every accordion open, so what it holds is checked too\n"
+    "    for child in form.widget.children:\n"
+    "        if type(child).__name__ == 'Accordion':\n"
+    "            child.selected_index = 0\n"
+    "open_sections(mapping)\nmapping",
+    "sft = HyperparameterForm('sft_lora', monitor=False, max_steps=60, lora_r=32)\n"
+    "open_sections(sft)\nsft.set(lr=5e-4)\nsft",
     "rft = HyperparameterForm('rft_lora', monitor=False)\nrft",
     "mix = MixForm()\nmix",
     "verbose = 'I think this question is HQ because it shows research and code'\n"
     "view = ResultsView({{'baseline': fake_result([verbose] * 6), 'sft': fake_result(['HQ', 'LQ_EDIT', 'HQ', 'HQ', "
     "'LQ_CLOSE', 'LQ_CLOSE']), 'rft': fake_result(['HQ', 'LQ_EDIT', 'LQ_CLOSE', 'HQ', 'LQ_CLOSE', 'LQ_CLOSE'])}})\n"
     "view.widget.selected_index = 1\nview",
+    "from nbtoolkit.ui import SampleExplorer\nexplorer = SampleExplorer(view.results)\n"
+    "explorer.widget.add_class('nbt-test-explorer')\nexplorer",
 )
-FORMS = (".nbt-mapping-form", ".nbt-hp-sft_lora", ".nbt-hp-rft_lora", ".nbt-mix-form", ".nbt-results-view")
+FORMS = (".nbt-mapping-form", ".nbt-hp-sft_lora", ".nbt-hp-rft_lora", ".nbt-mix-form", ".nbt-results-view",
+         ".nbt-test-explorer")
 
 
 def _layout_problems(notebook: Notebook) -> dict[str, list[str]]:

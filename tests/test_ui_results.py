@@ -220,3 +220,12 @@ def test_the_max_new_tokens_marker_stays_inside_the_length_histogram(stages):
         marker = next(t for t in ax.texts if "max_new_tokens" in t.get_text())
         box, frame = marker.get_window_extent(canvas.get_renderer()), ax.get_window_extent(canvas.get_renderer())
         assert frame.y0 <= box.y0 and box.y1 <= frame.y1 + 0.5
+
+
+def test_the_label_filters_show_all_rather_than_nothing(stages):
+    explorer = SampleExplorer(stages)
+    for dropdown in (explorer.true_label, explorer.predicted_label):
+        assert dropdown.value == "(all)" and dropdown.index == 0
+    explorer.true_label.value = "HQ"
+    explorer.stage.value = "sft"  # new options: the filter returns to "(all)", visibly
+    assert explorer.true_label.index == 0

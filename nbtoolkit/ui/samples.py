@@ -149,6 +149,8 @@ class SampleExplorer(WidgetView):
             self.true_label.disabled = len(references) > MAX_LABELS
             predicted = frame["predicted_label"].dropna().astype(str).unique() if "predicted_label" in frame else []
             self.predicted_label.options = [ALL, *sorted(predicted)]
+            # New options leave an unset Dropdown blank in the browser: "(all)" is chosen explicitly.
+            self.true_label.value = self.predicted_label.value = ALL
             self.predicted_label.disabled = len(predicted) == 0
             lengths = _lengths(frame)
             high = int(lengths.max()) if len(lengths) else 0
