@@ -229,3 +229,38 @@ def test_the_label_filters_show_all_rather_than_nothing(stages):
     explorer.true_label.value = "HQ"
     explorer.stage.value = "sft"  # new options: the filter returns to "(all)", visibly
     assert explorer.true_label.index == 0
+
+
+def test_building_missing_stages_shows_a_progress_bar_per_job(tmp_path, monkeypatch):
+    """Workspace.build waits on each job it launched with its progress bar (not one silent line for minutes)."""
+    from types import SimpleNamespace
+
+    waited = []
+
+    class RecordingJob:
+        def __init__(self, name):
+            self.name, self.run_dir = name, tmp_path / name
+
+        def wait(self, progress=True, **kwargs):
+            waited.append((self.name, progress))
+
+    ws = Workspace(tmp_path / "nb", profile="tiny", log=lambda message: None)
+    monkeypatch.setattr(Workspace, "runtime", property(lambda self: SimpleNamespace(launch=lambda spec: RecordingJob(
+        spec.name))))
+    monkeypatch.setattr(ws, "data_files", lambda: None)
+    monkeypatch.setattr(ws, "spec", lambda name: SimpleNamespace(name=name))
+
+    def record(kind):
+        def recorder(stage, job):
+            summary = ws.summary()
+            Path(job.run_dir, "eval").mkdir(parents=True, exist_ok=True)
+            summary["models" if kind == "model" else "jobs"][stage if kind == "model" else f"eval-{stage}"] = \
+                str(job.run_dir)
+            ws._write(summary)
+        return recorder
+
+    monkeypatch.setattr(ws, "record_training", record("model"))
+    monkeypatch.setattr(ws, "record_eval", record("eval"))
+    ws.build(("baseline", "sft"))
+    assert [name for name, _ in waited] == ["eval-baseline", "sft", "eval-sft"]
+    assert all(progress for _, progress in waited)
