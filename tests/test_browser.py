@@ -471,6 +471,9 @@ _LAYOUT_PROBLEMS = """root => {
             }
         } else if (e.scrollWidth > e.clientWidth + 1) {
             problems.push(`truncated ${name(e)} (${e.scrollWidth} > ${e.clientWidth})`);
+        } else if (e.tagName === 'TEXTAREA' && e.value && e.scrollHeight > e.clientHeight + 1
+                   && e.value.split(/\\n/).length < 4) {  // a short list hidden below its box (longer texts scroll)
+            problems.push(`text below the box in ${name(e)} (${e.scrollHeight} > ${e.clientHeight})`);
         }
     }
     // 3. Contrast: text against the colour behind it (WCAG's ratio; 3 is the minimum for large or bold text).

@@ -227,7 +227,7 @@ class HyperparameterForm(WidgetView):
 
             return w.Combobox(options=list(REWARDS), value=str(value), ensure_option=False, **common)
         if kind == "tuple":  # a long list (target_modules) wraps instead of scrolling out of sight
-            return w.Textarea(value=_shown(value), rows=2, **common)
+            return w.Textarea(value=_shown(value), rows=max(2, -(-len(_shown(value)) // 18)), **common)
         return w.Text(value="" if value is None else str(value), **common)
 
     def reset_values(self) -> None:
