@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -264,3 +265,40 @@ def test_building_missing_stages_shows_a_progress_bar_per_job(tmp_path, monkeypa
     ws.build(("baseline", "sft"))
     assert [name for name, _ in waited] == ["eval-baseline", "sft", "eval-sft"]
     assert all(progress for _, progress in waited)
+
+
+def test_a_packed_example_run_opens_labelled_as_an_example(tmp_path, stages, monkeypatch):
+    import nbtoolkit.examples as examples
+    from nbtoolkit.errors import NbtoolkitError
+
+    ws = Workspace(tmp_path / "nb", profile="tiny", log=lambda message: None)
+
+    class FinishedEval:
+        def __init__(self, run_dir: Path, result: EvalResult) -> None:
+            self.run_dir = run_dir
+            result.save(run_dir / "eval")
+
+    for stage in ("baseline", "sft", "rft"):
+        ws.record_eval(stage, FinishedEval(tmp_path / "jobs" / f"eval-{stage}", stages[stage]))
+    target = tmp_path / "package" / "run"
+    assert not examples.example_available(target)
+    examples.pack_example_run(tmp_path / "nb", target, description="3 stages of a tiny test run")
+    with pytest.raises(NbtoolkitError, match="above 1,000"):
+        examples.pack_example_run(tmp_path / "nb", tmp_path / "small", description="x", max_bytes=1000)
+    assert not (tmp_path / "small").exists() and not (tmp_path / "small.packing").exists()
+    shutil.rmtree(tmp_path / "jobs")  # the packed copy stands alone (relative paths)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    assert examples.example_available(target) and size < 100_000
+
+    loaded = examples.example_results(target)
+    assert list(loaded) == ["baseline (example)", "sft (example)", "rft (example)"]
+    pd.testing.assert_frame_equal(loaded["sft (example)"].predictions, stages["sft"].predictions,
+                                  check_dtype=False)
+    monkeypatch.setattr(examples, "EXAMPLE_DIR", target)
+    view = ResultsView.example()
+    tabs = view.widget
+    assert "Example run, not yours: 3 stages of a tiny test run" in tabs.children[0].children[0].value
+    assert "rft (example)" in view.styler().to_html() and "Example run" in view.fallback_html()
+    assert view.explorer.stage.options == tuple(loaded)
+    with pytest.raises(NbtoolkitError, match="no example run bundled"):
+        examples.example_results(tmp_path / "nothing")

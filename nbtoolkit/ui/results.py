@@ -20,7 +20,7 @@ from nbtoolkit.plots import (
     stage_table_styler,
 )
 from nbtoolkit.ui._base import WidgetView, widgets_missing_html
-from nbtoolkit.ui._widgets import add_classes, figure_image, figure_png, png_img, widgets
+from nbtoolkit.ui._widgets import add_classes, figure_image, figure_png, message_html, png_img, widgets
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -82,12 +82,14 @@ class ResultsView(WidgetView):
     `general_table()`, `confusion_figure()`, `lengths_figure()`, `per_class_figure()`.
 
     general: {stage: GeneralEvalResult or its directory}; read from a pipeline directory's general-<stage> jobs
-    when `source` is a directory.
+    when `source` is a directory. note: a banner above the tables (`ResultsView.example()` says whose run it is).
     """
 
     def __init__(self, source: str | os.PathLike | Mapping[str, Any], *, metrics: Sequence[str] = STAGE_METRICS,
-                 max_new_tokens: int | None = None, general: Mapping[str, Any] | None = None) -> None:
+                 max_new_tokens: int | None = None, general: Mapping[str, Any] | None = None,
+                 note: str | None = None) -> None:
         self.results = load_stage_results(source)
+        self.note = note
         if general is None and not isinstance(source, Mapping):
             general = source
         self.general = load_general_results(general) if general is not None else {}
@@ -96,6 +98,14 @@ class ResultsView(WidgetView):
         self.max_new_tokens = max_new_tokens or getattr(first.config, "max_new_tokens", None)
         self._widget: Any = None
         self.explorer: Any = None
+
+    @classmethod
+    def example(cls, **options: Any) -> ResultsView:
+        """The bundled example run (nbtoolkit.examples), labelled as an example in its stage names and banner."""
+        from nbtoolkit.examples import example_description, example_results
+
+        return cls(example_results(), note=f"Example run, not yours: {example_description()}. Your own results "
+                                           "show here once your stages are evaluated.", **options)
 
     def __repr__(self) -> str:
         return f"ResultsView({', '.join(self.results)})"
@@ -182,7 +192,8 @@ class ResultsView(WidgetView):
                                 figure_image(self.per_class_figure(), "nbt-per-class")]) if per_class is not None else \
             w.HTML("<i>free-text task: no per-class metrics</i>")
         self.explorer = SampleExplorer(self.results)
-        metrics = [add_classes(w.HTML(self.styler().to_html()), "nbt-stage-table")]
+        metrics = [add_classes(w.HTML(message_html(self.note, "warning")), "nbt-results-note")] if self.note else []
+        metrics.append(add_classes(w.HTML(self.styler().to_html()), "nbt-stage-table"))
         if self.general:
             metrics.append(add_classes(w.HTML(self.general_styler().to_html()), "nbt-general-table"))
         tabs = w.Tab(children=[w.VBox(metrics),
@@ -193,6 +204,6 @@ class ResultsView(WidgetView):
 
     def fallback_html(self) -> str:
         general = self.general_styler()
-        snapshot = (self.styler().to_html() + (general.to_html() if general is not None else "")
+        snapshot = ((message_html(self.note, "warning") if self.note else "") + self.styler().to_html() + (general.to_html() if general is not None else "")
                     + png_img(figure_png(self.confusion_figure()), "confusion matrices"))
         return widgets_missing_html("ResultsView", snapshot)
