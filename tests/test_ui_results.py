@@ -294,11 +294,11 @@ def test_a_packed_example_run_opens_labelled_as_an_example(tmp_path, stages, mon
     assert list(loaded) == ["baseline (example)", "sft (example)", "rft (example)"]
     pd.testing.assert_frame_equal(loaded["sft (example)"].predictions, stages["sft"].predictions,
                                   check_dtype=False)
-    monkeypatch.setattr(examples, "EXAMPLE_DIR", target)
+    monkeypatch.setenv(examples.EXAMPLE_DIR_ENV, str(target))
     view = ResultsView.example()
     tabs = view.widget
     assert "Example run, not yours: 3 stages of a tiny test run" in tabs.children[0].children[0].value
     assert "rft (example)" in view.styler().to_html() and "Example run" in view.fallback_html()
-    assert view.explorer.stage.options == tuple(loaded)
+    assert view.explorer.stage.options == tuple(loaded) == SampleExplorer.example().stage.options
     with pytest.raises(NbtoolkitError, match="no example run bundled"):
         examples.example_results(tmp_path / "nothing")

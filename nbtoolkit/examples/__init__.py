@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from nbtoolkit.evaluation import EvalResult
 
 EXAMPLE_DIR = Path(__file__).resolve().parent / "run"
+# Points the loaders at another packed run (a test's, or one you packed yourself) instead of the bundled one.
+EXAMPLE_DIR_ENV = "NBTOOLKIT_EXAMPLE_DIR"
 STAGES_FILE = "stages.json"
 EXAMPLE_SUFFIX = " (example)"
 # Keeps the wheel small: the example is read in seconds on 2 cores.
@@ -32,12 +34,12 @@ MAX_EXAMPLE_BYTES = 600_000
 
 def example_available(directory: str | os.PathLike | None = None) -> bool:
     """True when an example run is bundled (or present in `directory`)."""
-    return (Path(directory) if directory is not None else EXAMPLE_DIR).joinpath(STAGES_FILE).is_file()
+    return _root(directory).joinpath(STAGES_FILE).is_file()
 
 
 def example_description(directory: str | os.PathLike | None = None) -> str:
     """What the example run is (the "example" entry of its stages.json), for the banner the views show."""
-    summary = _summary(Path(directory) if directory is not None else EXAMPLE_DIR)
+    summary = _summary(_root(directory))
     info = summary.get("example", {})
     return str(info.get("description") or "a finished run bundled with nbtoolkit")
 
@@ -46,7 +48,7 @@ def example_results(directory: str | os.PathLike | None = None) -> dict[str, Eva
     """{"<stage> (example)": EvalResult} of the bundled example run (or the packed run in `directory`)."""
     from nbtoolkit.evaluation import EvalResult
 
-    root = Path(directory) if directory is not None else EXAMPLE_DIR
+    root = _root(directory)
     summary = _summary(root)
     jobs = summary.get("jobs", {})
     results = {}
@@ -108,6 +110,12 @@ def _pack(source: Path, summary: dict[str, Any], staging: Path, description: str
         raise NbtoolkitError(f"the example would take {size:,} bytes, above {max_bytes:,}: evaluate fewer rows")
 
 
+def _root(directory: str | os.PathLike | None) -> Path:
+    if directory is not None:
+        return Path(directory)
+    return Path(os.environ[EXAMPLE_DIR_ENV]) if os.environ.get(EXAMPLE_DIR_ENV) else EXAMPLE_DIR
+
+
 def _summary(root: Path) -> dict[str, Any]:
     path = root / STAGES_FILE
     if not path.is_file():
@@ -116,5 +124,5 @@ def _summary(root: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-__all__ = ["EXAMPLE_DIR", "EXAMPLE_SUFFIX", "example_available", "example_description", "example_results",
+__all__ = ["EXAMPLE_DIR", "EXAMPLE_DIR_ENV", "EXAMPLE_SUFFIX", "example_available", "example_description", "example_results",
            "pack_example_run"]

@@ -122,6 +122,13 @@ class SampleExplorer(WidgetView):
             child.observe(self._on_filter_change, names="value")
         self._on_stage_change()
 
+    @classmethod
+    def example(cls, **options: Any) -> SampleExplorer:
+        """The bundled example run's predictions (nbtoolkit.examples); every stage name ends in "(example)"."""
+        from nbtoolkit.examples import example_results
+
+        return cls(example_results(), **options)
+
     def __repr__(self) -> str:
         return f"SampleExplorer({', '.join(self.tables)}: {len(self.matches)} matching)"
 
