@@ -424,16 +424,25 @@ def test_mix_form_slider_updates_the_share_chart(lab, browser):
 
         handle = slider.locator(".noUi-handle").first
         low, high, now = (float(handle.get_attribute(f"aria-value{key}")) for key in ("min", "max", "now"))
-        readout = slider.locator(".widget-readout").inner_text()
+        # The typed box beside the slider shows its value (and refuses values out of range instead of clamping).
+        box = form.locator(".nbt-mix-customer-box input").first
+        readout = box.input_value()
         slider.scroll_into_view_if_needed()
         _drag(notebook.page, slider, 0.8 if (now - low) / (high - low) < 0.5 else 0.2)
-        notebook.wait_until(lambda: slider.locator(".widget-readout").inner_text() != readout, UPDATE_S,
-                            "the customer slider did not move")
+        notebook.wait_until(lambda: box.input_value() != readout, UPDATE_S, "the customer slider did not move")
         _changes(notebook, chart, before, "the share chart after moving the customer slider")
         notebook.wait_until(lambda: chart.evaluate("e => e.tagName !== 'IMG' || (e.complete && e.naturalWidth > 0)"),
                             UPDATE_S, "the new share chart did not load")
         assert notebook.widget_problems() == []
         notebook.screenshot("mix-form-moved")
+        moved = box.input_value()
+        box.fill("150")
+        box.press("Enter")
+        status = form.locator(".nbt-mix-status").first
+        notebook.wait_until(lambda: "between 0 and 100" in status.inner_text(), UPDATE_S,
+                            "typing 150 in the customer box was not refused with a message")
+        assert box.input_value() == moved
+        notebook.screenshot("mix-form-refused-150")
 
 
 # Layout checks run in the page on every nbtoolkit form: what a person sees cut off, scrolled sideways or unreadable.

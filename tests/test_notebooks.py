@@ -312,20 +312,13 @@ def test_notebook_runs_standalone_in_an_empty_workdir(path, tmp_path, this_pytho
 
 def test_notebook_05_opens_on_the_example_run_when_the_workdir_has_none(tmp_path, this_python_kernel, monkeypatch):
     """No evaluated stage yet: 05 shows a packed example run (labelled) instead of training first."""
-    from nbtoolkit.evaluation import EvalResult
     from nbtoolkit.examples import EXAMPLE_DIR_ENV, pack_example_run
     from nbtoolkit.workspace import Workspace
-    from test_ui_results import fake_result
+    from test_ui_results import fake_result, record_evals
 
     source = Workspace(tmp_path / "source", profile="tiny", log=lambda message: None)
-
-    class FinishedEval:
-        def __init__(self, run_dir: Path, result: EvalResult) -> None:
-            self.run_dir = run_dir
-            result.save(run_dir / "eval")
-
-    for stage, replies in (("baseline", ["HQ"] * 6), ("sft", ["HQ", "LQ_EDIT", "LQ_CLOSE", "HQ", "HQ", "LQ_EDIT"])):
-        source.record_eval(stage, FinishedEval(tmp_path / "jobs" / stage, fake_result(replies)))
+    record_evals(source, tmp_path / "jobs", {"baseline": fake_result(["HQ"] * 6),
+                                             "sft": fake_result(["HQ", "LQ_EDIT", "LQ_CLOSE", "HQ", "HQ", "LQ_EDIT"])})
     monkeypatch.setenv(EXAMPLE_DIR_ENV, str(pack_example_run(tmp_path / "source", tmp_path / "example",
                                                              description="a test run")))
     notebook = NOTEBOOKS[[p.stem for p in NOTEBOOKS].index("05_compare_stages")]

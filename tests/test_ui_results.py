@@ -43,6 +43,18 @@ def fake_result(replies: list[str], references: list[str] = REFERENCES) -> EvalR
                       per_class_metrics(references, predicted, LABELS), EvalConfig(max_new_tokens=8), LABELS, "m")
 
 
+def record_evals(ws: Workspace, jobs_dir: Path, results: dict[str, EvalResult]) -> None:
+    """Record finished evaluations in a Workspace as its eval jobs would (each saved in jobs_dir/eval-<stage>)."""
+
+    class FinishedEval:
+        def __init__(self, run_dir: Path, result: EvalResult) -> None:
+            self.run_dir = run_dir
+            result.save(run_dir / "eval")
+
+    for stage, result in results.items():
+        ws.record_eval(stage, FinishedEval(jobs_dir / f"eval-{stage}", result))
+
+
 @pytest.fixture(scope="module")
 def stages() -> dict[str, EvalResult]:
     verbose = "I think this question is HQ because it shows research and code"
@@ -155,13 +167,7 @@ def test_workspace_records_feed_the_results_view(tmp_path, stages):
     assert spec.kind == "sft_lora" and spec.name == "my-sft" and spec.config.max_steps == 4
     assert spec.train_file == str(files.sft) and Path(spec.model).name == "tiny"
 
-    class FinishedEval:
-        def __init__(self, run_dir: Path, result: EvalResult) -> None:
-            self.run_dir = run_dir
-            result.save(run_dir / "eval")
-
-    for stage in ("sft", "baseline"):
-        ws.record_eval(stage, FinishedEval(tmp_path / "jobs" / f"eval-{stage}", stages[stage]))
+    record_evals(ws, tmp_path / "jobs", {stage: stages[stage] for stage in ("sft", "baseline")})
     summary = json.loads((tmp_path / "nb" / "stages.json").read_text())
     assert list(summary["stages"]) == ["baseline", "sft"]  # kept in stage order
     loaded = load_stage_results(tmp_path / "nb")
@@ -272,14 +278,7 @@ def test_a_packed_example_run_opens_labelled_as_an_example(tmp_path, stages, mon
     from nbtoolkit.errors import NbtoolkitError
 
     ws = Workspace(tmp_path / "nb", profile="tiny", log=lambda message: None)
-
-    class FinishedEval:
-        def __init__(self, run_dir: Path, result: EvalResult) -> None:
-            self.run_dir = run_dir
-            result.save(run_dir / "eval")
-
-    for stage in ("baseline", "sft", "rft"):
-        ws.record_eval(stage, FinishedEval(tmp_path / "jobs" / f"eval-{stage}", stages[stage]))
+    record_evals(ws, tmp_path / "jobs", stages)
     target = tmp_path / "package" / "run"
     assert not examples.example_available(target)
     examples.pack_example_run(tmp_path / "nb", target, description="3 stages of a tiny test run")

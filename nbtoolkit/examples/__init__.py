@@ -124,5 +124,6 @@ def _summary(root: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-__all__ = ["EXAMPLE_DIR", "EXAMPLE_DIR_ENV", "EXAMPLE_SUFFIX", "example_available", "example_description", "example_results",
+__all__ = ["EXAMPLE_DIR", "EXAMPLE_DIR_ENV", "EXAMPLE_SUFFIX", "example_available", "example_description",
+           "example_results",
            "pack_example_run"]

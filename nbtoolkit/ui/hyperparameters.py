@@ -298,7 +298,8 @@ class HyperparameterForm(WidgetView):
             if name in errors:
                 self._cells[name].value = f"<span style='color:{COLOURS['error']}'>{html.escape(errors[name])}</span>"
             elif warned:
-                self._cells[name].value = f"<span style='color:{COLOURS['warning']}'>⚠ {html.escape(warned[0])}</span>"
+                self._cells[name].value = (f"<span style='color:{COLOURS['warning']}'>⚠ "
+                                           f"{html.escape(warned[0])}</span>")
             else:
                 self._cells[name].value = f"<span style='color:{MUTED};font-size:12px'>{help_text}</span>"
         lines = [message_html(m, "error") for m in dict.fromkeys(errors.values())]

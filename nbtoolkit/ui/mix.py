@@ -65,7 +65,8 @@ class MixForm(WidgetView):
         self.widget = add_classes(w.VBox([
             w.HTML(f"<b>Data mix</b> <span style='color:{MUTED}'>customer share of every batch; the category "
                    "weights split the rest and sum to 100</span>"),
-            w.HBox([self.customer, self.customer_box, self.preset, self.normalize], layout=w.Layout(flex_flow="row wrap")),
+            w.HBox([self.customer, self.customer_box, self.preset, self.normalize],
+                   layout=w.Layout(flex_flow="row wrap")),
             grid, self.status, self.chart]), "nbt-mix-form")
 
         self.customer.observe(self._on_customer_change, names="value")
@@ -110,7 +111,7 @@ class MixForm(WidgetView):
             for category, slider in self.sliders.items():
                 slider.value = weights.get(category, 0.0)
         if not self._held:
-            self._mark_custom()
+            self._name_preset()
         self._refresh()
 
     # -- events -------------------------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ class MixForm(WidgetView):
         with self._hold():
             self.customer_box.value = float(change["new"])
         if not self._held:
-            self._mark_custom()
+            self._name_preset()
             self._refresh()
 
     def _on_customer_box_change(self, change: dict) -> None:
@@ -136,7 +137,7 @@ class MixForm(WidgetView):
 
     def _on_weight_change(self, change: dict) -> None:
         if not self._held:
-            self._mark_custom()
+            self._name_preset()
             self._refresh()
 
     def _on_preset_change(self, change: dict) -> None:
@@ -172,7 +173,7 @@ class MixForm(WidgetView):
         self.value = mix
         self._refresh(note="weights normalized to sum to 100")
 
-    def _mark_custom(self) -> None:
+    def _name_preset(self) -> None:
         """Name the preset the sliders now equal, or "custom"."""
         name = self._matching_preset()
         if self.preset.value != name:

@@ -204,6 +204,7 @@ class ResultsView(WidgetView):
 
     def fallback_html(self) -> str:
         general = self.general_styler()
-        snapshot = ((message_html(self.note, "warning") if self.note else "") + self.styler().to_html() + (general.to_html() if general is not None else "")
+        snapshot = ((message_html(self.note, "warning") if self.note else "") + self.styler().to_html()
+                    + (general.to_html() if general is not None else "")
                     + png_img(figure_png(self.confusion_figure()), "confusion matrices"))
         return widgets_missing_html("ResultsView", snapshot)
