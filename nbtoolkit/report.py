@@ -32,19 +32,21 @@ GENERAL_NOTE = ("General ability, to catch forgetting: benchmark accuracy (log-l
 
 
 def scoring_lines(stages: Mapping[str, Mapping[str, object]]) -> list[str]:
-    """One line per stage saying how many rows it was scored on and from which split, from the optional
-    "rows_scored", "rows_total", "split" and "sample" keys of its metrics (else the metrics' "n")."""
+    """One line per stage saying how many rows it was scored on and from which split, from the optional keys of
+    its metrics: "rows" (the evaluation's own wording, e.g. "500 of 600 rows, stratified sample (fixed seed)"),
+    else "rows_scored" or "n" with "rows_total"; and "split"."""
     lines = []
     for stage, metrics in stages.items():
         scored = metrics.get("rows_scored", metrics.get("n"))
-        if scored is None:
+        rows = metrics.get("rows")
+        if not rows and scored is None:
             continue
-        total, split, sample = metrics.get("rows_total"), metrics.get("split"), metrics.get("sample")
-        text = f"{stage}: {int(scored):,}"
-        text += f" of {int(total):,} rows" if total is not None and int(total) != int(scored) else " rows"
-        text += f" ({sample})" if sample else ""
-        text += f" of the {split} split" if split else " (split not recorded)"
-        lines.append(text)
+        if not rows:
+            total = metrics.get("rows_total")
+            rows = (f"{int(scored):,} of {int(total):,} rows" if total is not None and int(total) != int(scored)
+                    else f"{int(scored):,} rows")
+        split = metrics.get("split")
+        lines.append(f"{stage}: {rows}" + (f", {split} split" if split else " (split not recorded)"))
     return lines
 
 

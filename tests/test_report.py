@@ -23,10 +23,10 @@ def test_report_is_self_contained_html_with_every_section(tmp_path):
 def test_report_tables_curves_and_scoring_say_what_they_show(tmp_path):
     import numpy as np
 
-    stages = {"baseline": {"label_accuracy": 0.3, "no_valid_prediction": 500, "reply_tokens_mean": 40.0,
-                           "rows_scored": 500, "rows_total": 600, "split": "test", "sample": "stratified"},
-              "sft": {"label_accuracy": 0.8, "no_valid_prediction": 10, "reply_tokens_mean": 3.0,
-                      "rows_scored": 500, "rows_total": 600, "split": "test", "sample": "stratified"},
+    sampled = {"n": 500, "rows_total": 600, "split": "eval", "rows": "500 of 600 rows, stratified sample (fixed seed)"}
+    stages = {"baseline": {"label_accuracy": 0.3, "no_valid_prediction": 500, "reply_tokens_mean": 40.0, **sampled},
+              "sft": {"label_accuracy": 0.8, "no_valid_prediction": 10, "reply_tokens_mean": 3.0, "n": 500,
+                      "rows_total": 600, "split": "eval"},
               "rft": {"label_accuracy": 0.85, "no_valid_prediction": 10, "reply_tokens_mean": 3.0, "n": 600}}
     general = {"baseline": {"general_accuracy": 0.4}, "sft": {"general_accuracy": 0.38}}
     rng = np.random.default_rng(0)
@@ -54,7 +54,8 @@ def test_report_tables_curves_and_scoring_say_what_they_show(tmp_path):
     missing._compute()
     assert all(css.get("background-color", "transparent") == "transparent" for (r, c), css in
                ((k, dict(v)) for k, v in missing.ctx.items()))
-    assert "Scored on: baseline: 500 of 600 rows (stratified) of the test split" in text
+    assert "Scored on: baseline: 500 of 600 rows, stratified sample (fixed seed), eval split; sft: 500 of 600 rows, " \
+           "eval split" in text
     assert "rft: 600 rows (split not recorded)" in text
     from nbtoolkit.plots import training_curve_figure
     from nbtoolkit.report import curve_smoothing
