@@ -136,15 +136,17 @@ def _greedy_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: in
             model, logits, layers, attention, positions, continuations).tolist()]
     replies, stopped = _decode(model, logits, DynamicCache(ddp_cache_data=layers), attention, positions,
                                pick=lambda step_logits: step_logits.argmax(-1), stop=stop,
-                               max_new_tokens=max_new_tokens, device=device)
+                               max_new_tokens=max_new_tokens, device=device, on_step=on_step)
     return list(zip(replies, stopped, scores))
 
 
 def _decode(model, logits, cache, attention, positions, *, pick: Callable[[torch.Tensor], torch.Tensor],
-            stop: set[int], max_new_tokens: int, device) -> tuple[list[list[int]], list[bool]]:
+            stop: set[int], max_new_tokens: int, device, on_step: Callable[[int], None] | None = None
+            ) -> tuple[list[list[int]], list[bool]]:
     """Decode every row from its next-token logits: pick(logits) chooses the tokens (greedy or sampled); rows that
     reach a stop token leave the batch, so long replies do not make the finished ones pay for extra steps.
-    Returns each row's new tokens (before the stop token) and whether it stopped."""
+    on_step(rows) is called after every step. Returns each row's new tokens (before the stop token) and whether
+    it stopped."""
     rows = logits.shape[0]
     replies: list[list[int]] = [[] for _ in range(rows)]
     stopped = [False] * rows

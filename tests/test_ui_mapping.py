@@ -88,7 +88,7 @@ def test_declared_labels_and_options_reach_the_config(stackoverflow):
     assert form.value.labels == ("HQ", "LQ_EDIT")
     assert "label_not_in_set" in form.report.value  # LQ_CLOSE rows are outside the declared set
     form.labels.value = ""
-    form.split.label = "none: one 'all' split"
+    form.split.label = "none"
     form.reserved.value = "drop"
     form.seed.value = 3
     config = form.value

@@ -107,8 +107,9 @@ class ColumnMappingForm(WidgetView):
                                         layout=w.Layout(width=FULL_WIDTH, height="7em"))
         self.labels = w.Text(description="labels", placeholder="comma-separated, e.g. HQ, LQ_EDIT, LQ_CLOSE (empty: "
                              "inferred)", layout=wide)
-        self.split = w.Dropdown(options=[(f"{p.name}: {p.description}", p.name) for p in SPLIT_PRESETS.values()]
-                                + [("none: one 'all' split", NO_SPLIT)], value=split or NO_SPLIT, description="split",
+        # Names in the dropdown, the chosen preset's description beside it (the whole of it readable).
+        self.split = w.Dropdown(options=[(p.name, p.name) for p in SPLIT_PRESETS.values()]
+                                + [("none", NO_SPLIT)], value=split or NO_SPLIT, description="split",
                                 layout=wide)
         self.seed = w.IntText(value=0, description="seed")
         self.reserved = w.Dropdown(options=RESERVED_MODES, value="rewrite", description="reserved strings",
@@ -139,7 +140,10 @@ class ColumnMappingForm(WidgetView):
                                                             if name in JOINED_FIELDS else []))
                       for name in COLUMN_FIELDS}
         self._rows["metadata"] = w.HBox([w.Label("metadata", layout=w.Layout(width="114px")), self.metadata])
-        options = w.VBox([self.split, w.HBox([self.seed, self.reserved, self.platform]),
+        self.split_info = w.HTML()
+        self._on_split_change()
+        self.split.observe(self._on_split_change, names="value")
+        options = w.VBox([self.split, self.split_info, w.HBox([self.seed, self.reserved, self.platform]),
                           w.HBox([w.Label("HTML → text"), self.html_columns])])
         self.options = add_classes(w.Accordion(children=[options], titles=("Options: split, sanitizer, bounds",)),
                                    "nbt-mapping-options")
@@ -373,6 +377,11 @@ class ColumnMappingForm(WidgetView):
         uses_prompt = method != "cpt"
         self.system_prompt.layout.display = "" if uses_prompt else "none"
         self.labels.layout.display = "" if uses_prompt else "none"
+
+    def _on_split_change(self, change: Any = None) -> None:
+        preset = SPLIT_PRESETS.get(self.split.value)
+        text = preset.description if preset is not None else "one 'all' split"
+        self.split_info.value = f"<span style='color:{MUTED};white-space:normal'>{html.escape(text)}</span>"
 
     def _on_method_change(self, change: Any) -> None:
         self._show_method_fields()

@@ -294,7 +294,8 @@ class JobMonitor(WidgetView):
             self.bar.layout.display = "none" if waiting else ""
             self.bar.bar_style = ("success" if snapshot.state.upper() == "COMPLETED" else
                                   "warning" if cancelled else "danger" if snapshot.done else "info")
-            self.progress_text.value = html.escape(WAITING_TEXT if waiting else _progress_text(snapshot))
+            text = _progress_text(snapshot)
+            self.progress_text.value = html.escape(" · ".join(filter(None, [WAITING_TEXT, text])) if waiting else text)
             self.numbers.value = ("<span style='font-family:monospace;font-size:12px'>" + html.escape(
                 " · ".join(f"{k} {_number(v)}" for k, v in snapshot.numbers.items())) + "</span>")
             advice = advise_running(snapshot.metrics)
