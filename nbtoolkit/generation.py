@@ -119,7 +119,8 @@ def _continuation_logprobs(model, logits, layers, attention, positions,
 
 
 def _greedy_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: int, *, stop: set[int],
-                  max_new_tokens: int, device, pad_id: int, continuations: Sequence[Sequence[int]] = ()
+                  max_new_tokens: int, device, pad_id: int, continuations: Sequence[Sequence[int]] = (),
+                  on_step: Callable[[int], None] | None = None
                   ) -> list[tuple[list[int], bool, tuple[float, ...]]]:
     """Greedy continuation of `prefix + suffix` for each suffix: (new tokens before the stop token, stopped,
     log-probabilities of the given continuations).
@@ -135,15 +136,17 @@ def _greedy_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: in
             model, logits, layers, attention, positions, continuations).tolist()]
     replies, stopped = _decode(model, logits, DynamicCache(ddp_cache_data=layers), attention, positions,
                                pick=lambda step_logits: step_logits.argmax(-1), stop=stop,
-                               max_new_tokens=max_new_tokens, device=device)
+                               max_new_tokens=max_new_tokens, device=device, on_step=on_step)
     return list(zip(replies, stopped, scores))
 
 
 def _decode(model, logits, cache, attention, positions, *, pick: Callable[[torch.Tensor], torch.Tensor],
-            stop: set[int], max_new_tokens: int, device) -> tuple[list[list[int]], list[bool]]:
+            stop: set[int], max_new_tokens: int, device, on_step: Callable[[int], None] | None = None
+            ) -> tuple[list[list[int]], list[bool]]:
     """Decode every row from its next-token logits: pick(logits) chooses the tokens (greedy or sampled); rows that
     reach a stop token leave the batch, so long replies do not make the finished ones pay for extra steps.
-    Returns each row's new tokens (before the stop token) and whether it stopped."""
+    on_step(rows) is called after every step. Returns each row's new tokens (before the stop token) and whether
+    it stopped."""
     rows = logits.shape[0]
     replies: list[list[int]] = [[] for _ in range(rows)]
     stopped = [False] * rows
@@ -158,6 +161,8 @@ def _decode(model, logits, cache, attention, positions, *, pick: Callable[[torch
             else:
                 replies[row].append(token)
                 keep.append(slot)
+        if on_step is not None:
+            on_step(len(active))
         if not keep or step == max_new_tokens - 1:
             break
         if len(keep) < len(active):
@@ -202,7 +207,12 @@ def generate_replies(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     model.eval()
-    bar = tqdm(total=len(prompts), desc="generating", unit="sample", disable=not progress)
+    # The bar counts decoding steps (at most max_new_tokens per prompt), so it moves at every token, not once per
+    # batch (a batch of long replies takes minutes on a CPU); a batch's unused steps are added when it ends.
+    budget = max(1, max_new_tokens)
+    bar = tqdm(total=len(prompts) * budget, desc="generating", unit="tok", disable=not progress,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+    bar.set_postfix_str(f"0/{len(prompts)} samples")
     started = time.perf_counter()
     share = CoreShare.for_this_process()
     share.enabled = share.enabled and loaded.plan.device_type == "cpu"
@@ -211,15 +221,16 @@ def generate_replies(
         for start in range(0, len(order), batch_size):
             share.update()
             batch = order[start:start + batch_size]
+            counted = bar.n
             replies = _greedy_batch(model, [prompts[i][prefix_length:] for i in batch], prefix_kv, prefix_length,
                                     stop=stop, max_new_tokens=max_new_tokens, device=device, pad_id=pad_id,
-                                    continuations=continuations)
+                                    continuations=continuations, on_step=bar.update)
             for i, (tokens, stopped, scores) in zip(batch, replies):
                 results[i] = Generation(tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens),
                                         truncated=not stopped and max_new_tokens > 0, continuation_logprobs=scores)
             done = start + len(batch)
-            bar.update(len(batch))
-            bar.set_postfix(samples_per_s=f"{done / (time.perf_counter() - started):.2f}")
+            bar.update(counted + len(batch) * budget - bar.n)
+            bar.set_postfix_str(f"{done}/{len(prompts)} samples, {done / (time.perf_counter() - started):.2f}/s")
             if on_batch is not None:
                 on_batch(done, len(prompts))
     share.restore()

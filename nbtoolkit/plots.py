@@ -16,6 +16,9 @@ STAGE_METRICS = ("exact_match", "quasi_exact_match", "label_accuracy", "macro_f1
 # The rows of seed 003's final table (BLEU both ways: the legacy value is what the seed's numbers look like).
 SEED_TABLE_METRICS = ("rouge1", "rouge2", "rougeL", "exact_match", "quasi_exact_match", "f1_score", "f1_score_quasi",
                       "bleu", "bleu_lighteval_legacy")
+# Metrics where a drop is the gain (the delta colours follow each metric's direction); every other is higher-better.
+LOWER_IS_BETTER = ("no_valid_prediction", "reply_tokens_mean", "reply_tokens_median", "reply_chars_mean",
+                   "hit_max_new_tokens", "retention_mean_kl", "retention_logprob_drop", "loss", "eval_loss")
 # Curves a training run shows by default: SFT loss and learning rate; RFT reward, KL and reply length.
 DEFAULT_CURVES = {"sft": ("loss", "lr"), "rft": ("reward_mean", "kl", "completion_length")}
 
@@ -57,23 +60,35 @@ def response_length_figure(lengths: Mapping[str, Sequence[float]], *, ax: Axes |
         sns.histplot(frame, x=unit, hue="stage", bins=bins, element="step", stat="count", common_norm=False, ax=ax)
     if limit:
         ax.axvline(limit, color="grey", linestyle="--", linewidth=1)
-        ax.annotate("max_new_tokens", (limit, ax.get_ylim()[1] * 0.95), ha="right", fontsize=8, color="grey")
+        # Placed in axes coordinates (top, inside), so the label never runs past the top edge.
+        ax.text(limit, 0.97, "max_new_tokens ", transform=ax.get_xaxis_transform(), ha="right", va="top",
+                fontsize=8, color="grey")
     ax.set_xlabel(f"reply length ({unit})")
     ax.set_title("Response lengths")
     return figure
 
 
 def training_curve_figure(metrics: pd.DataFrame, *, y: str = "loss", ax: Axes | None = None,
-                          title: str | None = None) -> Figure:
-    """A metric over optimizer steps (e.g. loss, reward_mean), with eval points when present."""
+                          title: str | None = None, smooth: int | None = None) -> Figure:
+    """A metric over optimizer steps (e.g. loss, reward_mean), with eval points when present.
+
+    smooth=N draws the rolling mean over N steps, the raw values faint behind it (a reward from a few replies per
+    step swings too much to read); only lines that have points get a legend entry.
+    """
     figure, ax = _axes(ax, (5.6, 3.2))
     if y in metrics and "step" in metrics:
         rows = metrics.dropna(subset=[y])
-        ax.plot(rows["step"], rows[y], label=y, linewidth=1.2)
+        if smooth and smooth > 1 and len(rows) > smooth:
+            ax.plot(rows["step"], rows[y], linewidth=0.8, alpha=0.3, label=f"{y} (raw)")
+            ax.plot(rows["step"], rows[y].rolling(smooth, min_periods=1).mean(), linewidth=1.6,
+                    label=f"{y} (mean of {smooth} steps)")
+        elif len(rows):
+            ax.plot(rows["step"], rows[y], label=y, linewidth=1.2)
     held_out = "eval_loss" if y == "loss" else f"eval_{y}"
     if held_out in metrics and "step" in metrics:
         rows = metrics.dropna(subset=[held_out])
-        ax.plot(rows["step"], rows[held_out], "o-", label=held_out, markersize=4)
+        if len(rows):
+            ax.plot(rows["step"], rows[held_out], "o-", label=held_out, markersize=4)
     ax.set_xlabel("step")
     ax.set_ylabel(y)
     if ax.get_lines():
@@ -109,7 +124,10 @@ def training_curves_figure(metrics: pd.DataFrame, names: Sequence[str] | None = 
 def per_class_table(per_class: Mapping[str, pd.DataFrame],
                     columns: Sequence[str] = ("precision", "recall", "f1", "support")) -> pd.DataFrame:
     """Per-class metrics of several stages side by side: labels as rows, (stage, metric) as columns."""
-    return pd.concat({stage: table[list(columns)] for stage, table in per_class.items()}, axis=1)
+    table = pd.concat({stage: table[list(columns)] for stage, table in per_class.items()}, axis=1)
+    counts = [column for column in table.columns if column[-1] == "support"]
+    # Counts are whole numbers: shown "8", not "8.000" (a label missing from a stage stays empty, not 0).
+    return table.astype({column: "Int64" for column in counts})
 
 
 def per_class_figure(per_class: Mapping[str, pd.DataFrame], metric: str = "f1", *, ax: Axes | None = None) -> Figure:
@@ -166,17 +184,32 @@ def stage_stderr(stages: Mapping[str, Mapping[str, float]], metrics: Sequence[st
 
 
 def stage_table_styler(table: pd.DataFrame, caption: str = "Metrics by stage", *, stderr: pd.DataFrame | None = None):
-    """The notebook view of `stage_table`: three decimals, green for gains, red for losses.
+    """The notebook view of `stage_table`: three decimals (whole numbers for counts), gains green and losses red
+    in each metric's direction (fewer invalid replies is a gain, see LOWER_IS_BETTER), missing deltas blank.
 
     With `stderr` (from `stage_stderr`), a stage's cell reads "0.772 ± 0.019".
     """
     deltas = [c for c in table.columns if str(c).startswith("Δ")]
+    stages = [c for c in table.columns if c not in deltas]
     styler = table.style.format("{:.3f}", na_rep="–").set_caption(caption)
+    values = table[stages]
+    counts = [m for m in table.index if values.loc[m].dropna().abs().gt(1).any()
+              and values.loc[m].dropna().mod(1).eq(0).all()]
+    if counts:
+        styler = styler.format("{:,.0f}", na_rep="–", subset=(counts, list(table.columns)))
     for (metric, stage), error in ([] if stderr is None else stderr.stack().items()):
         if metric in table.index and stage in table.columns and np.isfinite(error):
             styler = styler.format(lambda value, e=error: f"{value:.3f} ± {e:.3f}", subset=([metric], [stage]))
     if deltas:
-        styler = styler.background_gradient(cmap="RdYlGn", subset=deltas, vmin=-0.5, vmax=0.5)
+        direction = pd.Series([-1.0 if m in LOWER_IS_BETTER else 1.0 for m in table.index], index=table.index)
+        # Rates move on a 0-1 scale; a count or a length on its own (the row's largest value).
+        scale = values.abs().max(axis=1).where(values.abs().max(axis=1) > 1, 0.5).replace(0, 0.5)
+        gain = table[deltas].mul(direction / scale, axis=0).clip(-1, 1)
+        styler = styler.background_gradient(cmap="RdYlGn", subset=deltas, gmap=gain.fillna(0), vmin=-1, vmax=1,
+                                            axis=None)
+        # A missing delta (a metric one stage lacks) stays a plain cell, not a coloured one.
+        styler = styler.map(lambda v: "background-color: transparent; color: inherit" if pd.isna(v) else "",
+                            subset=deltas)
     return styler
 
 

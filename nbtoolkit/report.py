@@ -31,6 +31,31 @@ GENERAL_NOTE = ("General ability, to catch forgetting: benchmark accuracy (log-l
                 "log-probability, top-1 agreement; 0, 0 and 1 mean unchanged).")
 
 
+def scoring_lines(stages: Mapping[str, Mapping[str, object]]) -> list[str]:
+    """One line per stage saying how many rows it was scored on and from which split, from the optional keys of
+    its metrics: "rows" (the evaluation's own wording, e.g. "500 of 600 rows, stratified sample (fixed seed)"),
+    else "rows_scored" or "n" with "rows_total"; and "split"."""
+    lines = []
+    for stage, metrics in stages.items():
+        scored = metrics.get("rows_scored", metrics.get("n"))
+        rows = metrics.get("rows")
+        if not rows and scored is None:
+            continue
+        if not rows:
+            total = metrics.get("rows_total")
+            rows = (f"{int(scored):,} of {int(total):,} rows" if total is not None and int(total) != int(scored)
+                    else f"{int(scored):,} rows")
+        split = metrics.get("split")
+        lines.append(f"{stage}: {rows}" + (f", {split} split" if split else " (split not recorded)"))
+    return lines
+
+
+def curve_smoothing(frame: pd.DataFrame, y: str) -> int | None:
+    """Steps in the rolling mean of a report curve: about a fifteenth of the run, none for short runs."""
+    points = int(frame[y].notna().sum()) if y in frame else 0
+    return max(3, points // 15) if points >= 12 else None
+
+
 def figure_to_img(figure: Figure) -> str:
     """An <img> tag with the figure as an inline PNG."""
     buffer = io.BytesIO()
@@ -58,10 +83,15 @@ def render_report(
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     parts += [f"<p class='note'>{html.escape(note)}</p>" for note in notes]
     parts.append("<h2>Metrics by stage</h2>")
-    parts.append(stage_table_styler(stage_table(stages)).to_html())
+    scoring = scoring_lines(stages)
+    if scoring:
+        parts.append("<p class='note scored'>Scored on: " + "; ".join(map(html.escape, scoring)) + ".</p>")
+    parts.append(stage_table_styler(stage_table(stages), "Task metrics by stage (Δ: change from the stage before; "
+                                    "green is better in each metric's direction)").to_html())
     if general:
         parts.append("<h2>Domain and general ability</h2><p class='note'>" + html.escape(GENERAL_NOTE) + "</p>")
-        parts.append(stage_table_styler(forgetting_table(stages, general)).to_html())
+        parts.append(stage_table_styler(forgetting_table(stages, general),
+                                        "Domain and general ability by stage").to_html())
     if confusions:
         parts.append("<h2>Confusion matrices</h2><p class='note'>Rows: true label; columns: predicted label.</p>")
         parts.append("<div class='figures'>")
@@ -72,7 +102,8 @@ def render_report(
         parts.append(figure_to_img(response_length_figure(reply_lengths, limit=max_new_tokens)))
     if curves:
         parts.append("<h2>Training curves</h2><div class='figures'>")
-        parts += [figure_to_img(training_curve_figure(frame, y=y, title=name)) for name, (frame, y) in curves.items()]
+        parts += [figure_to_img(training_curve_figure(frame, y=y, title=name, smooth=curve_smoothing(frame, y)))
+                  for name, (frame, y) in curves.items()]
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -212,7 +212,7 @@ class Workspace:
     def _run(self, spec: JobSpec) -> Job:
         self.log(f"running {spec.name} ({spec.kind}, profile {self.profile.name}) in {self.jobs_dir}")
         job = self.runtime.launch(spec)
-        job.wait(progress=False)
+        job.wait(progress=True)  # a bar with ETA: training a missing stage takes minutes
         return job
 
     def ensure_model(self, stage: str) -> str:
@@ -256,9 +256,11 @@ class Workspace:
 
             jobs = {name: self.runtime.launch(self.spec(name)) for name in ready}
             failed: list[JobFailed] = []
+            # One progress bar per job, in launch order: the shorter eval first, then the training that ran beside
+            # it (its bar catches up with the steps already done and moves on).
             for name, job in jobs.items():
                 try:
-                    job.wait(progress=False)
+                    job.wait(progress=True)
                 except JobFailed as error:
                     failed.append(error)  # the others still finish and are recorded
                     continue

@@ -424,13 +424,165 @@ def test_mix_form_slider_updates_the_share_chart(lab, browser):
 
         handle = slider.locator(".noUi-handle").first
         low, high, now = (float(handle.get_attribute(f"aria-value{key}")) for key in ("min", "max", "now"))
-        readout = slider.locator(".widget-readout").inner_text()
+        # The typed box beside the slider shows its value (and refuses values out of range instead of clamping).
+        box = form.locator(".nbt-mix-customer-box input").first
+        readout = box.input_value()
         slider.scroll_into_view_if_needed()
         _drag(notebook.page, slider, 0.8 if (now - low) / (high - low) < 0.5 else 0.2)
-        notebook.wait_until(lambda: slider.locator(".widget-readout").inner_text() != readout, UPDATE_S,
-                            "the customer slider did not move")
+        notebook.wait_until(lambda: box.input_value() != readout, UPDATE_S, "the customer slider did not move")
         _changes(notebook, chart, before, "the share chart after moving the customer slider")
         notebook.wait_until(lambda: chart.evaluate("e => e.tagName !== 'IMG' || (e.complete && e.naturalWidth > 0)"),
                             UPDATE_S, "the new share chart did not load")
         assert notebook.widget_problems() == []
         notebook.screenshot("mix-form-moved")
+        moved = box.input_value()
+        box.fill("150")
+        box.press("Enter")
+        status = form.locator(".nbt-mix-status").first
+        notebook.wait_until(lambda: "between 0 and 100" in status.inner_text(), UPDATE_S,
+                            "typing 150 in the customer box was not refused with a message")
+        assert box.input_value() == moved
+        notebook.screenshot("mix-form-refused-150")
+
+
+# Layout checks run in the page on every nbtoolkit form: what a person sees cut off, scrolled sideways or unreadable.
+_LAYOUT_PROBLEMS = """root => {
+    const problems = [];
+    const visible = e => e.offsetParent !== null && e.getClientRects().length > 0;
+    const name = e => (e.className && typeof e.className === 'string' ? e.className.split(' ').slice(0, 3).join('.')
+                       : e.tagName) + ' "' + (e.innerText || e.value || e.getAttribute('title') || '')
+                       .trim().slice(0, 40) + '"';
+    // 1. Horizontal overflow: a box (or the form itself) wider inside than outside shows a sideways scrollbar.
+    for (const e of [root, ...root.querySelectorAll('*')]) {
+        if (!visible(e) || ['INPUT', 'TEXTAREA', 'SELECT', 'PRE', 'CODE'].includes(e.tagName)) { continue; }
+        const style = getComputedStyle(e);
+        if (['auto', 'scroll'].includes(style.overflowX) && e.scrollWidth > e.clientWidth + 1) {
+            problems.push(`horizontal scrollbar on ${name(e)} (${e.scrollWidth} > ${e.clientWidth})`);
+        }
+    }
+    const area = root.closest('.jp-OutputArea-output');
+    if (area && area.scrollWidth > area.clientWidth + 1) {
+        problems.push(`the output area scrolls sideways (${area.scrollWidth} > ${area.clientWidth})`);
+    }
+    // 2. Truncated labels, buttons and inputs (text wider than its box, shown with an ellipsis or cut).
+    const canvas = document.createElement('canvas').getContext('2d');
+    for (const e of root.querySelectorAll('.widget-label, label, button, input[type=text], textarea, select')) {
+        if (!visible(e)) { continue; }
+        if (e.tagName === 'SELECT') {
+            const option = e.options[e.selectedIndex];
+            if (!option || !option.text.trim()) { problems.push(`dropdown shows nothing: ${name(e.parentElement)}`);
+                                                  continue; }
+            const style = getComputedStyle(e);
+            canvas.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+            // The arrow takes about 20px on the right.
+            if (canvas.measureText(option.text).width > e.clientWidth - 20) {
+                problems.push(`dropdown text cut: "${option.text}" in ${e.clientWidth}px`);
+            }
+        } else if (e.scrollWidth > e.clientWidth + 1) {
+            problems.push(`truncated ${name(e)} (${e.scrollWidth} > ${e.clientWidth})`);
+        } else if (e.tagName === 'TEXTAREA' && e.value && e.scrollHeight > e.clientHeight + 1
+                   && e.value.split(/\\n/).length < 4) {  // a short list hidden below its box (longer texts scroll)
+            problems.push(`text below the box in ${name(e)} (${e.scrollHeight} > ${e.clientHeight})`);
+        }
+    }
+    // 3. Contrast: text against the colour behind it (WCAG's ratio; 3 is the minimum for large or bold text).
+    const rgba = text => { const m = text.match(/[\\d.]+/g).map(Number); return m.length > 3 ? m : [...m, 1]; };
+    const background = e => {
+        for (let node = e; node; node = node.parentElement) {
+            const colour = rgba(getComputedStyle(node).backgroundColor);
+            if (colour[3] > 0.5) { return colour; }
+        }
+        return rgba(getComputedStyle(document.body).backgroundColor);
+    };
+    const luminance = ([r, g, b]) => [r, g, b].map(v => v / 255)
+        .map(v => v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4)
+        .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+    for (const e of root.querySelectorAll('*')) {
+        const own = Array.from(e.childNodes).some(n => n.nodeType === 3 && n.textContent.trim());
+        if (!visible(e) || !(own || ['INPUT', 'TEXTAREA', 'SELECT'].includes(e.tagName))) { continue; }
+        if (['INPUT', 'TEXTAREA'].includes(e.tagName) && !e.value) { continue; }
+        const back = background(e);
+        let fore = rgba(getComputedStyle(e).color);
+        fore = [0, 1, 2].map(i => fore[i] * fore[3] + back[i] * (1 - fore[3]));  // translucent text
+        const [light, dark] = [luminance(fore), luminance(back)].sort((a, b) => b - a);
+        const ratio = (light + 0.05) / (dark + 0.05);
+        if (ratio < 3) { problems.push(`low contrast ${ratio.toFixed(2)} on ${name(e)}`); }
+    }
+    // 4. Figures: a PNG is never stretched beyond its own pixels (blurry), and no figure fills the whole screen.
+    for (const img of root.querySelectorAll('img')) {
+        if (!visible(img)) { continue; }
+        const vector = img.src.startsWith('data:image/svg') || img.src.includes('svg');
+        if (!vector && img.naturalWidth && img.clientWidth > img.naturalWidth * 1.05) {
+            problems.push(`blurry image: ${img.naturalWidth}px drawn at ${img.clientWidth}px`);
+        }
+        if (img.clientWidth > 760) { problems.push(`image ${img.clientWidth}px wide fills the screen`); }
+    }
+    return problems;
+}"""
+
+_FORMS_NOTEBOOK = (
+    "import sys\nsys.path.insert(0, {tests!r})\n"
+    "import nbtoolkit as nbt\nfrom nbtoolkit.ui import ColumnMappingForm, HyperparameterForm, MixForm, ResultsView\n"
+    "from test_ui_results import fake_result\n"
+    "frame = nbt.make_stackoverflow_dataset(60, seed=0)\n"
+    "frame.loc[frame.index[3], 'Body'] = 'User: a reserved string'\n"
+    "mapping = ColumnMappingForm(frame, out_dir='prepared')\n"
+    "mapping.reserved.value = 'reject'\nmapping.show_problems.value = True\n"
+    "def open_sections(form):  # every accordion open, so what it holds is checked too\n"
+    "    for child in form.widget.children:\n"
+    "        if type(child).__name__ == 'Accordion':\n"
+    "            child.selected_index = 0\n"
+    "open_sections(mapping)\nmapping",
+    "sft = HyperparameterForm('sft_lora', monitor=False, max_steps=60, lora_r=32)\n"
+    "open_sections(sft)\nsft.set(lr=5e-4)\nsft",
+    "rft = HyperparameterForm('rft_lora', monitor=False)\nrft",
+    "mix = MixForm()\nmix",
+    "verbose = 'I think this question is HQ because it shows research and code'\n"
+    "view = ResultsView({{'baseline': fake_result([verbose] * 6), 'sft': fake_result(['HQ', 'LQ_EDIT', 'HQ', 'HQ', "
+    "'LQ_CLOSE', 'LQ_CLOSE']), 'rft': fake_result(['HQ', 'LQ_EDIT', 'LQ_CLOSE', 'HQ', 'LQ_CLOSE', 'LQ_CLOSE'])}})\n"
+    "view.widget.selected_index = 1\nview",
+    "from nbtoolkit.ui import SampleExplorer\nexplorer = SampleExplorer(view.results)\n"
+    "explorer.widget.add_class('nbt-test-explorer')\nexplorer",
+)
+FORMS = (".nbt-mapping-form", ".nbt-hp-sft_lora", ".nbt-hp-rft_lora", ".nbt-mix-form", ".nbt-results-view",
+         ".nbt-test-explorer")
+
+
+def _layout_problems(notebook: Notebook) -> dict[str, list[str]]:
+    found = {}
+    for css in FORMS:
+        form = notebook.page.locator(css).first
+        form.wait_for(state="visible")
+        problems = form.evaluate(_LAYOUT_PROBLEMS)
+        if problems:
+            found[css] = problems
+    return found
+
+
+def _set_theme(notebook: Notebook, theme: str) -> None:
+    notebook.page.evaluate("theme => window.jupyterapp.commands.execute('apputils:change-theme', {theme})", theme)
+    notebook.wait_until(lambda: notebook.page.evaluate(
+        "theme => document.body.dataset.jpThemeName === theme", theme), UPDATE_S, f"the theme did not become {theme}")
+    notebook.page.wait_for_timeout(1500)  # the theme's stylesheet applies after the attribute
+
+
+def test_forms_fit_and_read_well_in_light_and_dark_themes(lab, browser):
+    """Every form in both themes: no sideways scrollbar, no cut label or input, no blank dropdown, readable text,
+    crisp charts of a sensible size (the screenshots are kept to look at)."""
+    _scratch(lab.notebooks / "forms.ipynb",
+             *(cell.format(tests=str(REPO / "tests")) for cell in _FORMS_NOTEBOOK))
+    with opened(lab, browser, "forms.ipynb") as notebook:
+        notebook.run_all()
+        assert notebook.widget_problems() == []
+        found = {}
+        for theme in ("JupyterLab Light", "JupyterLab Dark"):
+            _set_theme(notebook, theme)
+            label = theme.split()[-1].lower()
+            for css in FORMS:
+                form = notebook.page.locator(css).first
+                form.scroll_into_view_if_needed()
+                with contextlib.suppress(Exception):
+                    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                    form.screenshot(path=str(ARTIFACTS / f"forms-{label}-{css.strip('.')}.png"))
+            found.update({f"{label} {css}": problems for css, problems in _layout_problems(notebook).items()})
+        assert found == {}, json.dumps(found, indent=1)

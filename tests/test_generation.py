@@ -97,3 +97,31 @@ def test_group_sampling_varies_within_a_group_and_repeats_with_the_seed(tiny):
     again = sample_groups(tiny, conversations, n=6, temperature=2.0, max_new_tokens=4, seed=3)
     assert first == again
     assert len({text for text, _ in first[0]}) > 1
+
+
+def test_the_progress_bar_moves_at_every_decoding_step_not_once_per_batch(tiny, one_torch_thread, monkeypatch):
+    import nbtoolkit.generation as generation
+
+    bars = []
+
+    class RecordingBar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n, self.updates = total, 0, []
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+            self.updates.append(self.n)
+
+        def set_postfix_str(self, text):
+            self.postfix = text
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(generation, "tqdm", RecordingBar)
+    chats = conversations(SYSTEM, n=4)
+    generate_replies(tiny, chats, max_new_tokens=6, batch_size=4)  # one batch
+    bar = bars[0]
+    assert bar.total == 4 * 6 and bar.n == bar.total and bar.postfix.startswith("4/4 samples")
+    assert len(bar.updates) > 2 and bar.updates == sorted(bar.updates)  # several moves within the one batch

@@ -18,7 +18,9 @@ def test_defaults_to_a_valid_balanced_mix_with_the_css_classes():
     assert "nbt-mix-chart" in form.chart._dom_classes
     assert "nbt-normalize" in form.normalize._dom_classes
     assert "valid mix" in form.status.value
-    assert bytes(form.chart.value).startswith(b"\x89PNG")
+    # Vector, so it is crisp at whatever size the page draws it.
+    assert form.chart.format == "svg+xml" and b"<svg" in bytes(form.chart.value)
+    assert form.preset.value == "balanced-50"  # the opening mix is the preset, not "custom"
 
 
 def test_weights_off_100_are_read_normalized_until_normalize_writes_them_back():
@@ -74,4 +76,38 @@ def test_a_form_over_some_categories_only():
         form.value = MixConfig(50, {"math": 100})
     with pytest.raises(MixError, match="did you mean 'chat'"):
         MixForm(categories=["chats"])
-    assert "MixForm" in form.fallback_html() and "<img" in form.fallback_html()
+    assert "MixForm" in form.fallback_html() and "<svg" in form.fallback_html()
+
+
+def test_the_preset_is_named_whenever_the_sliders_equal_one():
+    form = MixForm(MixConfig(60, {"chat": 100}))
+    assert form.preset.value == "custom"
+    seed = mix_preset("seed-001")
+    for category, slider in form.sliders.items():
+        slider.value = seed.category_weights.get(category, 0.0)
+    form.customer.value = seed.customer_data_percent
+    assert form.preset.value == "seed-001"
+    form.sliders["chat"].value += 5
+    assert form.preset.value == "custom"
+
+
+def test_a_typed_customer_share_out_of_range_is_refused_with_a_message():
+    form = MixForm()
+    form.customer_box.value = 150
+    assert form.customer.value == 50 and form.customer_box.value == 50
+    assert "between 0 and 100" in form.status.value and "150" in form.status.value
+    form.customer_box.value = 75
+    assert form.customer.value == 75 and form.value.customer_data_percent == 75
+    form.customer.value = 60  # the slider writes back into the box
+    assert form.customer_box.value == 60
+
+
+def test_normalize_at_customer_100_keeps_the_category_weights():
+    form = MixForm(MixConfig(50, {"chat": 60, "rai": 40}))
+    form.customer.value = 100
+    form.sliders["chat"].value = 90
+    form.normalize.click()
+    assert form.value == MixConfig.customer_only()
+    assert form.sliders["chat"].value == pytest.approx(69.2) and form.sliders["rai"].value == pytest.approx(30.8)
+    form.customer.value = 50
+    assert form.value.category_weights == pytest.approx({"chat": 69.2, "rai": 30.8})

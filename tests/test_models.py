@@ -483,6 +483,7 @@ def test_model_info_of_a_local_model(tmp_path):
     text = format_model_info(info)
     assert f"parameters            : {tiny.parameters:,}" in text
     assert "\nchat_example:\n    <|im_start|>system\n" in text
+    assert "sampling_defaults     : temperature 1, top_p 1 (OpenAI API defaults" in text
     assert "None" not in text
 
 
@@ -532,6 +533,7 @@ def test_real_embedded_model_converts_once_and_matches_the_gguf(monkeypatch, cap
     info = model_info(loaded)
     assert info["gguf_path"].endswith(".gguf") and info["context_length"] == 8192
     assert info["answer_terminator"] == "<|im_end|>" and info["vocab_size"] == 49152
+    assert info["sampling_defaults"].startswith("temperature 0.2, top_p 0.9 (model card")
     with capsys.disabled():
         print(
             f"\n[models] conversion {conversion_seconds:.1f} s, cached load {loaded.load_seconds:.2f} s, "

@@ -7,6 +7,7 @@ import ast
 import dataclasses
 import importlib
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -274,13 +275,13 @@ def shared_workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("notebooks")
 
 
-def _execute(path: Path, cwd: Path) -> None:
+def _execute(path: Path, cwd: Path, **parameters) -> nbformat.NotebookNode:
     import papermill
 
     output = cwd / f"executed-{path.name}"
     try:
         papermill.execute_notebook(
-            str(path), str(output), parameters={"profile": "tiny", "workdir": str(cwd / "runs")},
+            str(path), str(output), parameters={"profile": "tiny", "workdir": str(cwd / "runs"), **parameters},
             cwd=str(cwd), kernel_name="python3", progress_bar=False, execution_timeout=_limit(path),
         )
     except papermill.PapermillExecutionError as error:
@@ -292,6 +293,7 @@ def _execute(path: Path, cwd: Path) -> None:
     unrun = [i for i, c in enumerate(executed.cells)
              if c.cell_type == "code" and c.source.strip() and c.execution_count is None]
     assert unrun == [], f"cells {unrun} did not run"
+    return executed
 
 
 @pytest.mark.parametrize(
@@ -305,4 +307,23 @@ def test_notebook_runs_in_the_tiny_profile(path, shared_workdir, this_python_ker
              for p in NOTEBOOKS if p.stem in STANDALONE])
 def test_notebook_runs_standalone_in_an_empty_workdir(path, tmp_path, this_python_kernel):
     """The end of the chain builds every missing earlier output itself (data, baseline, SFT, RFT)."""
-    _execute(path, tmp_path)
+    _execute(path, tmp_path, **({"example": False} if path.stem == "05_compare_stages" else {}))
+
+
+def test_notebook_05_opens_on_the_example_run_when_the_workdir_has_none(tmp_path, this_python_kernel, monkeypatch):
+    """No evaluated stage yet: 05 shows a packed example run (labelled) instead of training first."""
+    from nbtoolkit.examples import EXAMPLE_DIR_ENV, pack_example_run
+    from nbtoolkit.workspace import Workspace
+    from test_ui_results import fake_result, record_evals
+
+    source = Workspace(tmp_path / "source", profile="tiny", log=lambda message: None)
+    record_evals(source, tmp_path / "jobs", {"baseline": fake_result(["HQ"] * 6),
+                                             "sft": fake_result(["HQ", "LQ_EDIT", "LQ_CLOSE", "HQ", "HQ", "LQ_EDIT"])})
+    monkeypatch.setenv(EXAMPLE_DIR_ENV, str(pack_example_run(tmp_path / "source", tmp_path / "example",
+                                                             description="a test run")))
+    notebook = NOTEBOOKS[[p.stem for p in NOTEBOOKS].index("05_compare_stages")]
+    (tmp_path / "empty").mkdir()
+    executed = _execute(notebook, tmp_path / "empty")
+    text = json.dumps([c.outputs for c in executed.cells if c.cell_type == "code"])
+    assert "bundled EXAMPLE run" in text and "sft (example)" in text
+    assert not (tmp_path / "empty" / "runs" / "jobs").exists()  # nothing was trained

@@ -377,3 +377,31 @@ def test_stream_parser_handles_split_lines_and_other_servers_formats():
     with pytest.raises(InferenceError, match="overloaded"):
         list(events_from_json({"error": {"message": "overloaded", "type": "server_error"}}))
     assert chat_url("http://h:1/") == "http://h:1/v1/chat/completions"
+
+
+# ---------------------------------------------------------------- sampling defaults
+
+
+def test_models_route_shows_the_sampling_a_request_gets_when_it_sets_none(server):
+    card = get(server, "/v1/models")[1]["data"][0]
+    # The tiny test model recommends nothing: the OpenAI API defaults, said so.
+    assert card["sampling_defaults"]["temperature"] == 1.0 and "OpenAI" in card["sampling_defaults"]["source"]
+
+
+def test_unset_sampling_uses_the_models_generation_config_then_the_registry(tmp_path, model_dir):
+    from nbtoolkit.models import recommended_sampling, resolve_model
+
+    loaded = load_serving_model(model_dir)
+    loaded.model.generation_config.temperature, loaded.model.generation_config.top_p = 0.3, 0.8
+    engine = ChatEngine(loaded, "tuned")
+    assert engine.sampling == {"temperature": 0.3, "top_p": 0.8, "source": "the model's generation_config"}
+    settings = engine.settings(max_tokens=5)
+    assert (settings.temperature, settings.top_p, settings.max_tokens) == (0.3, 0.8, 5)
+    explicit = engine.settings(max_tokens=5, temperature=0, top_p=1.0)
+    assert (explicit.temperature, explicit.top_p) == (0, 1.0)  # a request's own values always win
+
+    # SmolLM2's generation_config sets no sampling; the registry carries its model card's 0.2 / 0.9.
+    plain = load_serving_model(model_dir)
+    plain.spec = resolve_model(DEFAULT_MODEL)
+    assert recommended_sampling(plain)[("temperature")] == 0.2 and recommended_sampling(plain)["top_p"] == 0.9
+    assert ChatEngine(plain, "smollm2").settings().temperature == 0.2

@@ -186,3 +186,24 @@ def test_display_bundle_carries_an_html_fallback():
     bundle = HyperparameterForm("eval")._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert "did not render" in bundle["text/html"] and "max_new_tokens" in bundle["text/html"]
+
+
+def test_reset_returns_to_the_opening_values_and_platform_defaults_are_a_separate_choice():
+    profile = dataclasses.replace(SFTLoraConfig.for_platform("local"), max_steps=60)  # a profile's size
+    spec = JobSpec("sft_lora", profile, model="m", train_file="t.jsonl")
+    form = HyperparameterForm("sft_lora", spec=spec, lr=3e-4)
+    opened = form.value
+    form.set(max_steps=300, lr=1e-4)
+    form.reset.click()
+    assert form.value == opened and form.max_steps.value == 60 and form.lr.value == pytest.approx(3e-4)
+    form.platform_defaults.click()
+    assert form.value == SFTLoraConfig.for_platform("local")
+    form.reset.click()
+    assert form.value == opened
+
+
+def test_a_changed_field_is_marked_without_overriding_the_theme_colours():
+    form = HyperparameterForm("sft_lora", max_steps=40)
+    assert "nbt-changed" in form.max_steps._dom_classes and "nbt-changed" not in form.lr._dom_classes
+    style = form.widget.children[0].value
+    assert "var(--jp-warn-color1" in style and "background:" not in style and "#fff8c5" not in style

@@ -12,6 +12,7 @@ pytest.importorskip("ipywidgets")
 
 from nbtoolkit.data import ColumnMapping, PrepareConfig, make_stackoverflow_dataset, read_jsonl  # noqa: E402
 from nbtoolkit.ui import ColumnMappingForm  # noqa: E402
+from nbtoolkit.ui.mapping import NONE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_method_switch_relabels_fields_and_changes_the_format(stackoverflow):
 
 def test_invalid_mapping_is_reported_and_value_raises(stackoverflow):
     form = ColumnMappingForm(stackoverflow)
-    form.answer.value = None
+    form.answer.label = NONE  # the "no column" entry
     assert "needs 'answer'" in _plain(form.status) and form.preview.value == ""
     form.answer.value = "Y"
     form.system.value = "Tags"  # a system column wins over the prompt box
@@ -87,7 +88,7 @@ def test_declared_labels_and_options_reach_the_config(stackoverflow):
     assert form.value.labels == ("HQ", "LQ_EDIT")
     assert "label_not_in_set" in form.report.value  # LQ_CLOSE rows are outside the declared set
     form.labels.value = ""
-    form.split.value = None
+    form.split.label = "none"
     form.reserved.value = "drop"
     form.seed.value = 3
     config = form.value
@@ -133,3 +134,22 @@ def test_large_data_is_validated_on_demand():
     assert form.report_data is None and "Validate all rows" in form.report.value
     form.validate.click()
     assert form.report_data is not None and form.report_data.n_rows == 2500 and form.report_data.ok
+
+
+def test_every_dropdown_shows_an_entry_even_when_no_column_is_chosen(stackoverflow):
+    """A Dropdown whose value is None shows blank in the browser: "no column" and "no split" are real entries."""
+    form = ColumnMappingForm(stackoverflow, split=None)
+    for dropdown in (form.question, form.answer, form.system, form.id, form.text, form.split, form.reserved):
+        assert dropdown.index is not None and dropdown.label, dropdown.description
+    assert form.system.label == NONE and form.value.mapping.system is None and form.value.split is None
+    form.answer.label = NONE
+    assert form.answer.index == 0 and "needs 'answer'" in _plain(form.status)
+
+
+def test_the_label_rule_says_where_the_labels_came_from(stackoverflow):
+    frame = stackoverflow.copy()
+    frame.loc[frame.index[:2], "Y"] = "MAYBE"
+    form = ColumnMappingForm(frame, labels=("HQ", "LQ_EDIT", "LQ_CLOSE"))
+    assert "label_not_in_set" in form.report.value and "the labels in the labels box" in form.report.value
+    form.labels.value = ""
+    assert form._rule_text("label_not_in_set") == "answer is not one of the labels inferred from the data"

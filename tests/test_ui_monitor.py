@@ -14,7 +14,7 @@ pytest.importorskip("ipywidgets")
 from nbtoolkit.runtime import JobSpec, LocalRuntime  # noqa: E402
 from nbtoolkit.training.config import SFTLoraConfig  # noqa: E402
 from nbtoolkit.ui import HyperparameterForm, JobMonitor  # noqa: E402
-from nbtoolkit.ui.monitor import EtaClock, format_seconds  # noqa: E402
+from nbtoolkit.ui.monitor import WAITING_TEXT, EtaClock, clean_log, format_seconds  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 
@@ -93,7 +93,10 @@ def test_stop_cancels_from_a_thread_and_the_view_shows_it():
     assert monitor.stop_button.disabled and monitor.stop_button.description == "Stopping…"
     snapshot = monitor.join(10)
     assert job.cancelled and snapshot.state == "FAILED" and snapshot.reason == "cancelled"
-    assert monitor.bar.bar_style == "danger" and "cancelled" in monitor.status.value
+    # A user's Stop reads CANCELLED, in a neutral colour, the bar where the job stopped (not a full red bar).
+    assert "CANCELLED" in monitor.status.value and "FAILED" not in monitor.status.value
+    assert monitor.bar.bar_style == "warning" and monitor.bar.value < 1.0
+    assert "CANCELLED" in monitor.fallback_html() and "FAILED" not in monitor.fallback_html()
 
 
 def test_html_fallback_is_kept_current_through_a_display_handle():
@@ -182,3 +185,34 @@ def test_the_monitor_shows_seed_004_advice_when_the_loss_spikes():
     for _ in range(3):
         monitor.refresh()
     assert "loss spike at step 8" in monitor.advice.value and "nbt-advice-warning" in monitor.advice.value
+
+
+class LoadingJob(ScriptedJob):
+    """A job still loading its model: running, no progress reported yet."""
+
+    def progress(self):
+        return None
+
+    def status(self):
+        return "IN_PROGRESS"
+
+
+def test_while_the_model_loads_the_monitor_says_so_instead_of_an_empty_bar():
+    monitor = JobMonitor(LoadingJob(), start=False)
+    assert monitor.bar.layout.display == "none" and monitor.progress_text.value.startswith(WAITING_TEXT)
+    assert WAITING_TEXT in monitor.fallback_html()
+    steps = JobMonitor(ScriptedJob(), start=False)
+    assert steps.bar.layout.display == "" and "train 1/10" in steps.progress_text.value
+
+
+def test_the_log_tail_leaves_out_progress_bars_and_library_warnings():
+    log = ("[12:00:01] loading model\n"
+           "/venv/lib/python3.11/site-packages/transformers/x.py:12: FutureWarning: `foo` is deprecated\n"
+           "  warnings.warn(\n"
+           "Map:  40%|████      | 4/10 [00:01<00:02,  3.1 examples/s]\rMap: 100%|██████████| 10/10 [00:02<00:00]\n"
+           "[12:00:05] step 1/10 loss 2.1\n"
+           "generating:  50%|█████     | 13/26 [00:10<00:10]\n"
+           "[12:00:09] step 2/10 loss 1.9")
+    assert clean_log(log, tail=10) == ("[12:00:01] loading model\n[12:00:05] step 1/10 loss 2.1\n"
+                                       "[12:00:09] step 2/10 loss 1.9")
+    assert clean_log(log, tail=1) == "[12:00:09] step 2/10 loss 1.9"

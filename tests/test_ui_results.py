@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +43,18 @@ def fake_result(replies: list[str], references: list[str] = REFERENCES) -> EvalR
                       per_class_metrics(references, predicted, LABELS), EvalConfig(max_new_tokens=8), LABELS, "m")
 
 
+def record_evals(ws: Workspace, jobs_dir: Path, results: dict[str, EvalResult]) -> None:
+    """Record finished evaluations in a Workspace as its eval jobs would (each saved in jobs_dir/eval-<stage>)."""
+
+    class FinishedEval:
+        def __init__(self, run_dir: Path, result: EvalResult) -> None:
+            self.run_dir = run_dir
+            result.save(run_dir / "eval")
+
+    for stage, result in results.items():
+        ws.record_eval(stage, FinishedEval(jobs_dir / f"eval-{stage}", result))
+
+
 @pytest.fixture(scope="module")
 def stages() -> dict[str, EvalResult]:
     verbose = "I think this question is HQ because it shows research and code"
@@ -59,7 +72,7 @@ def test_stage_table_has_deltas_overall_change_and_stderr(stages):
     stderr = stages["rft"].metrics["label_accuracy_stderr"]
     assert f"0.833 ± {stderr:.3f}" in view.styler().to_html()
     seed = view.seed_table().to_html()
-    assert "rouge2" in seed and "bleu_lighteval_legacy" in seed and "seed 003" in seed
+    assert "rouge2" in seed and "bleu_lighteval_legacy" in seed and "Final result analysis" in seed
 
 
 def test_figures_show_every_stage(stages):
@@ -80,7 +93,9 @@ def test_results_widget_has_tabs_with_table_images_and_explorer(stages):
     assert tabs.titles == ("Metrics", "Confusion", "Lengths", "Per class", "Samples")
     assert len(tabs.children[0].children) == 1  # no general-ability table when none was measured
     assert "Δ rft − baseline" in tabs.children[0].children[0].value
-    assert bytes(tabs.children[1].value[:4]) == b"\x89PNG" and bytes(tabs.children[2].value[:4]) == b"\x89PNG"
+    for image in tabs.children[1:3]:  # vector figures at their own size, never wider than the tab
+        assert image.format == "svg+xml" and b"<svg" in bytes(image.value)
+        assert int(image.layout.width.removesuffix("px")) <= 720 and image.layout.max_width.startswith("calc(100%")
     assert view.explorer.stage.options == ("baseline", "sft", "rft")
     bundle = view._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and "<img" in bundle["text/html"]
@@ -152,13 +167,7 @@ def test_workspace_records_feed_the_results_view(tmp_path, stages):
     assert spec.kind == "sft_lora" and spec.name == "my-sft" and spec.config.max_steps == 4
     assert spec.train_file == str(files.sft) and Path(spec.model).name == "tiny"
 
-    class FinishedEval:
-        def __init__(self, run_dir: Path, result: EvalResult) -> None:
-            self.run_dir = run_dir
-            result.save(run_dir / "eval")
-
-    for stage in ("sft", "baseline"):
-        ws.record_eval(stage, FinishedEval(tmp_path / "jobs" / f"eval-{stage}", stages[stage]))
+    record_evals(ws, tmp_path / "jobs", {stage: stages[stage] for stage in ("sft", "baseline")})
     summary = json.loads((tmp_path / "nb" / "stages.json").read_text())
     assert list(summary["stages"]) == ["baseline", "sft"]  # kept in stage order
     loaded = load_stage_results(tmp_path / "nb")
@@ -187,3 +196,108 @@ def test_plot_helpers_for_curves_and_label_shares():
               "eval": pd.DataFrame({"answer": ["HQ", "LQ_EDIT"]})}
     ax = label_distribution_figure(label_distribution(splits, "answer")).axes[0]
     assert sorted(round(bar.get_height(), 2) for bar in ax.patches if bar.get_height()) == [0.5, 0.5, 0.5, 0.5]
+
+
+def test_counts_are_whole_numbers_and_blank_text_says_blank(stages):
+    view = ResultsView(stages)
+    per_class = view.per_class()
+    assert str(per_class[("rft", "support")].dtype) == "Int64"
+    html_table = view.widget.children[3].children[0].value
+    assert ">2<" in html_table and ">2.000<" not in html_table
+    blank = stages["rft"].predictions.copy()
+    blank.loc[0, "query"] = float("nan")
+    explorer = SampleExplorer(blank)
+    assert "NaN" not in explorer.samples.value and "nan" not in explorer.samples.value.split("(blank)")[0][-20:]
+    assert "(blank)" in explorer.samples.value
+
+
+def test_the_max_new_tokens_marker_stays_inside_the_length_histogram(stages):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from nbtoolkit.plots import response_length_figure
+
+    lengths = {s: r.predictions["reply_tokens"].tolist() for s, r in stages.items()}
+    for figure in (ResultsView(stages).lengths_figure(), Figure(figsize=(5, 1.8))):
+        ax = figure.axes[0] if figure.axes else figure.add_subplot()
+        if not ax.texts:  # a short panel: the label has little room above the bars
+            response_length_figure(lengths, ax=ax, limit=8)
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        marker = next(t for t in ax.texts if "max_new_tokens" in t.get_text())
+        box, frame = marker.get_window_extent(canvas.get_renderer()), ax.get_window_extent(canvas.get_renderer())
+        assert frame.y0 <= box.y0 and box.y1 <= frame.y1 + 0.5
+
+
+def test_the_label_filters_show_all_rather_than_nothing(stages):
+    explorer = SampleExplorer(stages)
+    for dropdown in (explorer.true_label, explorer.predicted_label):
+        assert dropdown.value == "(all)" and dropdown.index == 0
+    explorer.true_label.value = "HQ"
+    explorer.stage.value = "sft"  # new options: the filter returns to "(all)", visibly
+    assert explorer.true_label.index == 0
+
+
+def test_building_missing_stages_shows_a_progress_bar_per_job(tmp_path, monkeypatch):
+    """Workspace.build waits on each job it launched with its progress bar (not one silent line for minutes)."""
+    from types import SimpleNamespace
+
+    waited = []
+
+    class RecordingJob:
+        def __init__(self, name):
+            self.name, self.run_dir = name, tmp_path / name
+
+        def wait(self, progress=True, **kwargs):
+            waited.append((self.name, progress))
+
+    ws = Workspace(tmp_path / "nb", profile="tiny", log=lambda message: None)
+    monkeypatch.setattr(Workspace, "runtime", property(lambda self: SimpleNamespace(launch=lambda spec: RecordingJob(
+        spec.name))))
+    monkeypatch.setattr(ws, "data_files", lambda: None)
+    monkeypatch.setattr(ws, "spec", lambda name: SimpleNamespace(name=name))
+
+    def record(kind):
+        def recorder(stage, job):
+            summary = ws.summary()
+            Path(job.run_dir, "eval").mkdir(parents=True, exist_ok=True)
+            summary["models" if kind == "model" else "jobs"][stage if kind == "model" else f"eval-{stage}"] = \
+                str(job.run_dir)
+            ws._write(summary)
+        return recorder
+
+    monkeypatch.setattr(ws, "record_training", record("model"))
+    monkeypatch.setattr(ws, "record_eval", record("eval"))
+    ws.build(("baseline", "sft"))
+    assert [name for name, _ in waited] == ["eval-baseline", "sft", "eval-sft"]
+    assert all(progress for _, progress in waited)
+
+
+def test_a_packed_example_run_opens_labelled_as_an_example(tmp_path, stages, monkeypatch):
+    import nbtoolkit.examples as examples
+    from nbtoolkit.errors import NbtoolkitError
+
+    ws = Workspace(tmp_path / "nb", profile="tiny", log=lambda message: None)
+    record_evals(ws, tmp_path / "jobs", stages)
+    target = tmp_path / "package" / "run"
+    assert not examples.example_available(target)
+    examples.pack_example_run(tmp_path / "nb", target, description="3 stages of a tiny test run")
+    with pytest.raises(NbtoolkitError, match="above 1,000"):
+        examples.pack_example_run(tmp_path / "nb", tmp_path / "small", description="x", max_bytes=1000)
+    assert not (tmp_path / "small").exists() and not (tmp_path / "small.packing").exists()
+    shutil.rmtree(tmp_path / "jobs")  # the packed copy stands alone (relative paths)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    assert examples.example_available(target) and size < 100_000
+
+    loaded = examples.example_results(target)
+    assert list(loaded) == ["baseline (example)", "sft (example)", "rft (example)"]
+    pd.testing.assert_frame_equal(loaded["sft (example)"].predictions, stages["sft"].predictions,
+                                  check_dtype=False)
+    monkeypatch.setenv(examples.EXAMPLE_DIR_ENV, str(target))
+    view = ResultsView.example()
+    tabs = view.widget
+    assert "Example run, not yours: 3 stages of a tiny test run" in tabs.children[0].children[0].value
+    assert "rft (example)" in view.styler().to_html() and "Example run" in view.fallback_html()
+    assert view.explorer.stage.options == tuple(loaded) == SampleExplorer.example().stage.options
+    with pytest.raises(NbtoolkitError, match="no example run bundled"):
+        examples.example_results(tmp_path / "nothing")

@@ -733,6 +733,36 @@ def tiny_model(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Recommended sampling: what a server uses when a request leaves temperature / top_p unset (as vLLM reads a
+# model's generation_config). SmolLM2's model card samples at temperature 0.2, top_p 0.9
+# (https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct); its generation_config.json sets neither.
+RECOMMENDED_SAMPLING: dict[str, dict[str, Any]] = {
+    DEFAULT_MODEL: {"temperature": 0.2, "top_p": 0.9,
+                    "source": "model card, https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct"},
+}
+SAMPLING_FALLBACK = {"temperature": 1.0, "top_p": 1.0, "source": "OpenAI API defaults (the model recommends none)"}
+
+
+def recommended_sampling(loaded: LoadedModel) -> dict[str, Any]:
+    """{"temperature", "top_p", "source"}: what the model's generation_config sets, else the registry's entry for
+    it (by name, or the model it was loaded from), else the OpenAI API defaults (1.0, 1.0)."""
+    configured = loaded.model.generation_config.to_diff_dict() if loaded.model is not None else {}
+    if any(key in configured for key in ("temperature", "top_p")):
+        return {"temperature": float(configured.get("temperature", 1.0)),
+                "top_p": float(configured.get("top_p", 1.0)), "source": "the model's generation_config"}
+    names = {loaded.spec.name, *loaded.spec.aliases,
+             Path(str(getattr(loaded.model.config, "_name_or_path", "") or "")).name}
+    for name in map(str.lower, names):
+        if name in RECOMMENDED_SAMPLING:
+            return dict(RECOMMENDED_SAMPLING[name])
+    return dict(SAMPLING_FALLBACK)
+
+
+def _sampling_text(sampling: dict[str, Any]) -> str:
+    return f"temperature {sampling['temperature']:g}, top_p {sampling['top_p']:g} ({sampling['source']})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Info for people (CLI `nbtoolkit model info`)
 
 
@@ -776,6 +806,7 @@ def model_info(
             "answer_terminator": terminator,
             "answer_terminator_ids": answer_terminator_ids(tokenizer) if terminator else None,
             "load_seconds": round(loaded.load_seconds, 3),
+            "sampling_defaults": _sampling_text(recommended_sampling(loaded)),
             "chat_template": tokenizer.chat_template,
             "chat_example": _chat_example(tokenizer) if tokenizer.chat_template else None,
         }

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from starlette.exceptions import HTTPException
 
-from nbtoolkit.serve.engine import ChatEngine, Completion, GenerationSettings, RequestError
+from nbtoolkit.serve.engine import ChatEngine, Completion, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,8 @@ def create_app(engine: ChatEngine, *, api_key: str | None = None, default_max_to
         return _error(500, f"the server failed: {type(error).__name__}: {error}", kind="server_error")
 
     def model_card() -> dict[str, Any]:
-        return {"id": engine.name, "object": "model", "created": engine.created, "owned_by": "nbtoolkit"}
+        return {"id": engine.name, "object": "model", "created": engine.created, "owned_by": "nbtoolkit",
+                "sampling_defaults": engine.sampling}
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -215,10 +216,8 @@ def create_app(engine: ChatEngine, *, api_key: str | None = None, default_max_to
         if max_tokens > max_tokens_limit:
             raise RequestError(f"max_tokens {max_tokens} is above this server's limit of {max_tokens_limit}",
                                param="max_tokens")
-        settings = GenerationSettings(
-            max_tokens=max_tokens,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
+        settings = engine.settings(
+            max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
             stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()),
             seed=body.seed)
         messages = [message.as_template_message() for message in body.messages]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nbtoolkit.errors import ModelError, NbtoolkitError
-from nbtoolkit.models import DEFAULT_MODEL, LoadedModel, answer_terminator_ids, load_model
+from nbtoolkit.models import DEFAULT_MODEL, LoadedModel, answer_terminator_ids, load_model, recommended_sampling
 
 EMBEDDED_ALIASES = ("embedded", "default")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -165,6 +165,15 @@ class ChatEngine:
             raise ModelError(f"{name}: the tokenizer has no chat template, so it cannot answer chat messages")
         self.stop_ids = list(dict.fromkeys([*answer_terminator_ids(tokenizer), tokenizer.eos_token_id]))
         self.context_length = int(getattr(loaded.model.config, "max_position_embeddings", 0) or 0) or None
+        # Used when a request leaves temperature / top_p unset: {"temperature", "top_p", "source"}.
+        self.sampling = recommended_sampling(loaded)
+
+    def settings(self, *, temperature: float | None = None, top_p: float | None = None,
+                 **others: Any) -> GenerationSettings:
+        """A request's GenerationSettings, the model's recommended sampling filling what the request leaves unset."""
+        return GenerationSettings(
+            temperature=self.sampling["temperature"] if temperature is None else temperature,
+            top_p=self.sampling["top_p"] if top_p is None else top_p, **others)
 
     def encode(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Prompt token ids: the messages rendered with the chat template and a generation prompt."""

@@ -7,7 +7,7 @@ import html
 from collections.abc import Iterator
 from typing import Any
 
-from nbtoolkit.ui._widgets import INSTALL_HINT
+from nbtoolkit.ui._widgets import COLOURS, INSTALL_HINT, MUTED
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -50,7 +50,8 @@ class WidgetView:
 
 def widgets_missing_html(name: str, snapshot: str = "") -> str:
     """The note shown where widgets do not render, above an optional static snapshot."""
-    return (f'<div class="nbt-fallback" style="border-left:3px solid #9a6700;padding:2px 8px;color:#57606a">'
+    return (f'<div class="nbt-fallback" style="border-left:3px solid {COLOURS["warning"]};padding:2px 8px;'
+            f'color:{MUTED}">'
             f"{html.escape(name)}: the interactive form did not render here (widgets need a live kernel and the "
             f"Jupyter widgets extension: {html.escape(INSTALL_HINT)}; run notebooks/00_environment_check to check)."
             f"</div>{snapshot}")

@@ -7,6 +7,17 @@ import io
 from typing import Any
 
 MIN_IPYWIDGETS = (8, 0)
+# Colours as JupyterLab theme variables (light and dark themes both read well), with light fallbacks for
+# frontends without them (classic Notebook, static HTML).
+COLOURS = {
+    "muted": "var(--jp-ui-font-color2, #57606a)",
+    "ok": "var(--jp-success-color1, #1a7f37)",
+    "warning": "var(--jp-warn-color0, #9a6700)",
+    "error": "var(--jp-error-color1, #cf222e)",
+    "border": "var(--jp-border-color2, #d0d7de)",
+    "accent": "var(--jp-brand-color1, #1f6feb)",
+}
+MUTED = COLOURS["muted"]
 INSTALL_HINT = ("pip install 'nbtoolkit[notebook]' (ipywidgets>=8.1 in the kernel; on JupyterLab 4 / SageMaker "
                 "Studio also jupyterlab_widgets>=3 where the server runs), then restart the kernel")
 
@@ -30,6 +41,29 @@ def figure_png(figure: Any, dpi: int = 96) -> bytes:
     return buffer.getvalue()
 
 
+def figure_svg(figure: Any) -> bytes:
+    """A matplotlib Figure as SVG bytes: crisp at any displayed size (for an Image widget with format "svg+xml")."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="svg")
+    return buffer.getvalue()
+
+
+# Widest a figure is drawn (px): a chart readable at a glance, never one filling the screen.
+FIGURE_MAX_PX = 720
+# Fills its box without its margins spilling over (width 100% plus the widgets' margins scrolls sideways).
+FULL_WIDTH = "calc(100% - 6px)"
+
+
+def figure_image(figure: Any, *css_classes: str) -> Any:
+    """An Image widget showing `figure` as SVG at its own size (at most FIGURE_MAX_PX, and never wider than its
+    box): crisp, and never stretched."""
+    w = widgets()
+    width = min(round(figure.get_figwidth() * 96), FIGURE_MAX_PX)
+    image = w.Image(value=figure_svg(figure), format="svg+xml",
+                    layout=w.Layout(width=f"{width}px", max_width=FULL_WIDTH, height="auto"))
+    return add_classes(image, *css_classes)
+
+
 def png_img(png: bytes, alt: str = "figure") -> str:
     """An <img> tag holding PNG bytes inline."""
     import base64
@@ -39,7 +73,7 @@ def png_img(png: bytes, alt: str = "figure") -> str:
 
 def message_html(text: str, kind: str = "info") -> str:
     """One coloured line: kind info, ok, warning or error."""
-    colour = {"ok": "#1a7f37", "warning": "#9a6700", "error": "#cf222e"}.get(kind, "#57606a")
+    colour = COLOURS.get(kind, MUTED)
     icon = {"ok": "✓", "warning": "⚠", "error": "✗"}.get(kind, "")
     return (f'<div class="nbt-msg nbt-msg-{kind}" style="color:{colour};white-space:pre-wrap">'
             f"{icon + ' ' if icon else ''}{html.escape(text)}</div>")
@@ -58,7 +92,7 @@ def frame_html(frame: Any, max_rows: int = 20) -> str:
     if isinstance(frame, Styler):
         return frame.to_html()
     if len(frame) > max_rows:
-        note = f"<div style='color:#57606a'>first {max_rows} of {len(frame):,} rows</div>"
+        note = f"<div style='color:{MUTED}'>first {max_rows} of {len(frame):,} rows</div>"
         return frame.head(max_rows).to_html(escape=True) + note
     return frame.to_html(escape=True)
 

@@ -12,14 +12,17 @@ from typing import Any
 from nbtoolkit.errors import NbtoolkitError, unknown_name_message
 from nbtoolkit.training.config import CONFIGS, PLATFORMS, HyperparameterWarning, MethodConfig
 from nbtoolkit.ui._base import WidgetView, widgets_missing_html
-from nbtoolkit.ui._widgets import add_classes, message_html, widgets
+from nbtoolkit.ui._widgets import COLOURS, FULL_WIDTH, MUTED, add_classes, message_html, widgets
 
 PLATFORM_TITLES = {"local": "local: calibrated for the embedded 135M model on a CPU",
-                   "nova": "Nova: Amazon Nova on SageMaker (REFERENCE.md §5 bounds)"}
-_STYLE = """<style>
-.nbt-hp-form .nbt-invalid input, .nbt-hp-form .nbt-invalid select { border: 2px solid #cf222e !important; }
-.nbt-hp-form .nbt-warned input { border: 2px solid #d4a72c !important; }
-.nbt-hp-form .nbt-changed input, .nbt-hp-form .nbt-changed select { background: #fff8c5 !important; }
+                   "nova": "Nova: Amazon Nova on SageMaker (the service's documented bounds)"}
+# A changed field keeps the theme's own input colours (text stays readable in light and dark themes) and gets a
+# bar on its left in the theme's warning colour.
+_STYLE = f"""<style>
+.nbt-hp-form .nbt-invalid input, .nbt-hp-form .nbt-invalid select {{ border: 2px solid {COLOURS["error"]} !important; }}
+.nbt-hp-form .nbt-warned input {{ border: 2px solid var(--jp-warn-color1, #d4a72c) !important; }}
+.nbt-hp-form .nbt-changed input, .nbt-hp-form .nbt-changed select {{
+  border-left: 5px solid var(--jp-warn-color1, #d4a72c) !important; font-weight: 600; }}
 </style>"""
 JOB_FIELDS = ("name", "model", "train_file", "eval_file", "labels")
 ESTIMATE_DELAY = 0.4  # seconds of quiet after a change before the estimate is recomputed (typing stays smooth)
@@ -68,14 +71,15 @@ class HyperparameterForm(WidgetView):
     """Edit one method's hyperparameters and launch its job.
 
     Fields come from the config dataclass (help text as tooltips, the active platform's bounds checked on every
-    change); the local and Nova defaults stand side by side. Out-of-bounds values and seed 004's advice show inline
+    change); the local and Nova defaults stand side by side. Out-of-bounds values and the advisor's advice show inline
     and are never raised by the form. "Dry run" shows `runtime.launch(spec, dry_run=True)`; "Launch" starts the job
     and a JobMonitor. Headless: `form.value` (the config), `form.spec`, `form.dry_run()`, `form.launch_job()`.
     `runtime` is a LocalRuntime (default: LocalRuntime("runs")) or anything with `launch(spec, dry_run=...)`.
     The estimate line under the fields follows every change (recomputed in a thread a moment after the last one;
     `estimate_ready` is set when it is current); "Calibrate" times this machine in the background.
     Children: `platform`, `fields[name]` (also `form.<name>`), `name`, `model`, `train_file`, `eval_file`,
-    `labels`, `reset`, `dry_run_button`, `launch`, `messages`, `estimate`, `calibrate`, `output`.
+    `labels`, `reset` (back to the opening values), `platform_defaults`, `dry_run_button`, `launch`, `messages`,
+    `estimate`, `calibrate`, `output`.
     """
 
     def __init__(self, method: str = "sft_lora", platform: str = "local", runtime: Any = None, spec: Any = None,
@@ -102,7 +106,7 @@ class HyperparameterForm(WidgetView):
                                         value=platform, description="defaults",
                                         tooltips=[PLATFORM_TITLES[p] for p in PLATFORMS])
         self.platform_info = w.HTML()
-        self.grid = w.GridBox(layout=w.Layout(grid_template_columns="minmax(320px, 1.3fr) 80px 80px 120px 2fr",
+        self.grid = w.GridBox(layout=w.Layout(grid_template_columns="minmax(400px, 1.3fr) 80px 80px 120px 2fr",
                                               grid_gap="2px 8px", align_items="center"))
         self.messages = add_classes(w.HTML(), "nbt-warnings")
         self.estimate = add_classes(w.HTML(), "nbt-estimate")
@@ -114,9 +118,9 @@ class HyperparameterForm(WidgetView):
         self._estimate_generation = 0
         self._estimate_lock = threading.RLock()
         self.name = w.Text(description="job name")
-        self.model = w.Text(description="model", layout=w.Layout(width="100%"))
-        self.train_file = w.Text(description="train_file", layout=w.Layout(width="100%"))
-        self.eval_file = w.Text(description="eval_file", layout=w.Layout(width="100%"))
+        self.model = w.Text(description="model", layout=w.Layout(width=FULL_WIDTH))
+        self.train_file = w.Text(description="train_file", layout=w.Layout(width=FULL_WIDTH))
+        self.eval_file = w.Text(description="eval_file", layout=w.Layout(width=FULL_WIDTH))
         self.labels = w.Text(description="labels", placeholder="comma-separated")
         if spec is not None:
             self.name.value = spec.name or ""
@@ -124,23 +128,30 @@ class HyperparameterForm(WidgetView):
             self.train_file.value = spec.train_file or ""
             self.eval_file.value = spec.eval_file or ""
             self.labels.value = ", ".join(spec.labels or ())
-        self.reset = add_classes(w.Button(description="Reset to defaults", icon="undo"), "nbt-reset")
-        self.dry_run_button = add_classes(w.Button(description="Dry run", icon="search",
+        auto = w.Layout(width="auto")
+        self.reset = add_classes(w.Button(description="Reset", icon="undo", layout=auto,
+                                          tooltip="back to the values the form opened with"), "nbt-reset")
+        self.platform_defaults = add_classes(w.Button(description="Platform defaults", icon="list", layout=auto,
+                                                      tooltip="the active platform's defaults (not the profile's "
+                                                              "sizes)"), "nbt-platform-defaults")
+        self.dry_run_button = add_classes(w.Button(description="Dry run", icon="search", layout=auto,
                                                    tooltip="every check a launch runs; starts nothing"), "nbt-dry-run")
         self.launch = add_classes(w.Button(description="Launch", icon="play", button_style="success"), "nbt-launch")
         self.output = add_classes(w.Output(), "nbt-output")
         job_box = w.VBox([self.name, self.model, self.train_file, self.eval_file, self.labels])
-        job_section = w.Accordion(children=[job_box], titles=("Job: model and data",))
+        self.job_section = add_classes(w.Accordion(children=[job_box], titles=("Job: model and data",)),
+                                       "nbt-hp-job")
         self.widget = add_classes(w.VBox([
             w.HTML(_STYLE + f"<b>{html.escape(self.config_class.__name__)}</b> "
-                   f"<span style='color:#57606a'>{html.escape(self.config_class.__doc__ or '')}</span>"),
-            self.platform, self.platform_info, self.grid, self.messages, job_section,
+                   f"<span style='color:{MUTED}'>{html.escape(self.config_class.__doc__ or '')}</span>"),
+            self.platform, self.platform_info, self.grid, self.messages, self.job_section,
             w.HBox([self.estimate, self.calibrate]),
-            w.HBox([self.reset, self.dry_run_button, self.launch]), self.output,
-        ], layout=w.Layout(width="100%")), "nbt-hp-form", f"nbt-hp-{method}")
+            w.HBox([self.reset, self.platform_defaults, self.dry_run_button, self.launch]), self.output,
+        ], layout=w.Layout(width=FULL_WIDTH)), "nbt-hp-form", f"nbt-hp-{method}")
 
         self.platform.observe(self._on_platform_change, names="value")
-        self.reset.on_click(lambda _: self._build_fields())
+        self.reset.on_click(lambda _: self.reset_values())
+        self.platform_defaults.on_click(lambda _: self._build_fields())
         self.dry_run_button.on_click(self._on_dry_run_click)
         self.launch.on_click(self._on_launch_click)
         self.calibrate.on_click(self._on_calibrate_click)
@@ -152,6 +163,7 @@ class HyperparameterForm(WidgetView):
         self._build_fields(base.to_dict() if base is not None else None)
         if overrides:
             self.set(**overrides)
+        self.opened_with = {platform: self._values()}
 
     def __repr__(self) -> str:
         return f"HyperparameterForm({self.method!r}, platform={self.platform.value!r})"
@@ -183,13 +195,13 @@ class HyperparameterForm(WidgetView):
             self.fields[name] = widget
             local = cls.DEFAULTS.get("local", {}).get(name, field.default)
             nova = cls.DEFAULTS.get("nova", {}).get(name, field.default)
-            bold = {p: "font-weight:bold;" if p == platform else "color:#57606a;" for p in PLATFORMS}
+            bold = {p: "font-weight:bold;" if p == platform else f"color:{MUTED};" for p in PLATFORMS}
             note = w.HTML()
             self._cells[name] = note
             cells += [widget, w.HTML(_default_cell(local, bold["local"])), w.HTML(_default_cell(nova, bold["nova"])),
                       w.HTML(f"<code>{html.escape(_bounds_text(rule))}</code>"), note]
         self.grid.children = cells
-        self.platform_info.value = (f"<span style='color:#57606a'>active defaults: <b>"
+        self.platform_info.value = (f"<span style='color:{MUTED}'>active defaults: <b>"
                                     f"{html.escape(PLATFORM_TITLES[platform])}</b>; highlighted fields differ from "
                                     "them</span>")
         self._check()
@@ -197,8 +209,10 @@ class HyperparameterForm(WidgetView):
     def _make_input(self, field: dataclasses.Field, rule: Any, value: Any) -> Any:
         w = widgets()
         kind = _kind(field, rule)
+        # Wide enough for the longest field name (parallel_micro_batches), so no label is cut.
+        longest = max(len(f.name) for f in dataclasses.fields(self.config_class))
         common = {"description": field.name, "tooltip": field.metadata.get("help", ""),
-                  "style": {"description_width": "130px"}, "layout": w.Layout(width="100%")}
+                  "style": {"description_width": f"{longest * 0.62 + 1.5:.1f}em"}, "layout": w.Layout(width=FULL_WIDTH)}
         if kind == "choice":
             options = list(rule) + ([value] if value not in rule else [])
             return w.Dropdown(options=options, value=value, **common)
@@ -212,7 +226,14 @@ class HyperparameterForm(WidgetView):
             from nbtoolkit.rewards import REWARDS
 
             return w.Combobox(options=list(REWARDS), value=str(value), ensure_option=False, **common)
-        return w.Text(value=_shown(value) if kind == "tuple" else ("" if value is None else str(value)), **common)
+        if kind == "tuple":  # a long list (target_modules) wraps instead of scrolling out of sight
+            return w.Textarea(value=_shown(value), rows=max(2, -(-len(_shown(value)) // 18)), **common)
+        return w.Text(value="" if value is None else str(value), **common)
+
+    def reset_values(self) -> None:
+        """What Reset does: the values the form opened with on this platform (a profile's sizes, overrides);
+        the platform defaults where it opened on the other platform. "Platform defaults" shows those always."""
+        self._build_fields(self.opened_with.get(self.platform.value))
 
     def _values(self) -> dict[str, Any]:
         cls, platform = self.config_class, self.platform.value
@@ -275,11 +296,12 @@ class HyperparameterForm(WidgetView):
                 (widget.add_class if on else widget.remove_class)(css)
             help_text = html.escape(cls.help(name))
             if name in errors:
-                self._cells[name].value = f"<span style='color:#cf222e'>{html.escape(errors[name])}</span>"
+                self._cells[name].value = f"<span style='color:{COLOURS['error']}'>{html.escape(errors[name])}</span>"
             elif warned:
-                self._cells[name].value = f"<span style='color:#9a6700'>⚠ {html.escape(warned[0])}</span>"
+                self._cells[name].value = (f"<span style='color:{COLOURS['warning']}'>⚠ "
+                                           f"{html.escape(warned[0])}</span>")
             else:
-                self._cells[name].value = f"<span style='color:#57606a;font-size:12px'>{help_text}</span>"
+                self._cells[name].value = f"<span style='color:{MUTED};font-size:12px'>{help_text}</span>"
         lines = [message_html(m, "error") for m in dict.fromkeys(errors.values())]
         lines += [message_html(m, "warning") for m in caught_warnings]
         if config is not None and not caught_warnings:

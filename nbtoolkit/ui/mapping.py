@@ -18,7 +18,7 @@ from nbtoolkit.data.splits import SPLIT_PRESETS
 from nbtoolkit.data.validation import PLATFORMS, RULES, ValidationReport
 from nbtoolkit.errors import NbtoolkitError
 from nbtoolkit.ui._base import WidgetView, widgets_missing_html
-from nbtoolkit.ui._widgets import add_classes, frame_html, message_html, widgets
+from nbtoolkit.ui._widgets import FULL_WIDTH, MUTED, add_classes, frame_html, message_html, widgets
 
 # The record format previewed and validated for each method (what the service reads).
 METHOD_FORMATS = {"sft": "converse", "rft": "rft", "eval": "gen_qa", "cpt": "cpt"}
@@ -28,6 +28,9 @@ METHOD_HELP = {"sft": "supervised fine-tuning (question + answer)", "rft": "rein
 LIVE_VALIDATION_ROWS = 2000
 PROBLEM_ROWS_SHOWN = 100
 NONE = "—"
+# The "no column" option's value: not None, which ipywidgets takes as "nothing selected" and shows blank.
+NO_COLUMN = ""
+NO_SPLIT = "none"
 # Single-column fields get a dropdown; question and text may join more columns after the first.
 COLUMN_FIELDS = ("question", "answer", "system", "id", "text")
 JOINED_FIELDS = ("question", "text")
@@ -79,7 +82,7 @@ class ColumnMappingForm(WidgetView):
         self.report_data: ValidationReport | None = None
         self.inferred_labels: tuple[str, ...] | None = None
         self._validated_for: Any = None
-        wide = w.Layout(width="100%")
+        wide = w.Layout(width=FULL_WIDTH)
 
         self.path = w.Text(placeholder="path or s3://bucket/key (CSV, TSV, JSON, JSONL, Parquet)",
                            description="data", layout=w.Layout(flex="1"))
@@ -101,24 +104,26 @@ class ColumnMappingForm(WidgetView):
         for name in COLUMN_FIELDS:
             add_classes(getattr(self, name), "nbt-field", f"nbt-field-{name}")
         self.system_prompt = w.Textarea(description="system prompt", placeholder="one system prompt for every row",
-                                        layout=w.Layout(width="100%", height="7em"))
+                                        layout=w.Layout(width=FULL_WIDTH, height="7em"))
         self.labels = w.Text(description="labels", placeholder="comma-separated, e.g. HQ, LQ_EDIT, LQ_CLOSE (empty: "
                              "inferred)", layout=wide)
-        self.split = w.Dropdown(options=[(f"{p.name}: {p.description}", p.name) for p in SPLIT_PRESETS.values()]
-                                + [("none: one 'all' split", None)], value=split, description="split",
+        # Names in the dropdown, the chosen preset's description beside it (the whole of it readable).
+        self.split = w.Dropdown(options=[(p.name, p.name) for p in SPLIT_PRESETS.values()]
+                                + [("none", NO_SPLIT)], value=split or NO_SPLIT, description="split",
                                 layout=wide)
         self.seed = w.IntText(value=0, description="seed")
         self.reserved = w.Dropdown(options=RESERVED_MODES, value="rewrite", description="reserved strings",
-                                   tooltip="rewrite (seed 001: 'User:' -> 'User :'), drop the row, or reject")
+                                   tooltip="rewrite ('User:' -> 'User :'), drop the row, or reject")
         self.platform = w.Dropdown(options=PLATFORMS, value="local", description="row bounds",
                                    tooltip="which platform's row-count bounds to check")
         self.html_columns = w.TagsInput(allow_duplicates=False,
                                         tooltip="columns converted from HTML to text (empty: automatic)")
         self.preview = add_classes(w.HTML(), "nbt-preview")
         self.report = add_classes(w.HTML(), "nbt-report")
-        self.validate = add_classes(w.Button(description="Validate all rows", icon="check"), "nbt-validate")
-        self.show_problems = add_classes(w.ToggleButton(description="Show offending rows", icon="list"),
-                                         "nbt-show-problems")
+        self.validate = add_classes(w.Button(description="Validate all rows", icon="check",
+                                             layout=w.Layout(width="auto")), "nbt-validate")
+        self.show_problems = add_classes(w.ToggleButton(description="Show offending rows", icon="list",
+                                                        layout=w.Layout(width="auto")), "nbt-show-problems")
         self.problems = w.HTML()
         self.out_dir = w.Text(value=str(out_dir), description="save to", layout=w.Layout(flex="1"))
         self.overwrite = w.Checkbox(value=False, description="overwrite", indent=False)
@@ -135,13 +140,17 @@ class ColumnMappingForm(WidgetView):
                                                             if name in JOINED_FIELDS else []))
                       for name in COLUMN_FIELDS}
         self._rows["metadata"] = w.HBox([w.Label("metadata", layout=w.Layout(width="114px")), self.metadata])
-        options = w.VBox([self.split, w.HBox([self.seed, self.reserved, self.platform]),
+        self.split_info = w.HTML()
+        self._on_split_change()
+        self.split.observe(self._on_split_change, names="value")
+        options = w.VBox([self.split, self.split_info, w.HBox([self.seed, self.reserved, self.platform]),
                           w.HBox([w.Label("HTML → text"), self.html_columns])])
-        accordion = w.Accordion(children=[options], titles=("Options: split, sanitizer, bounds",))
+        self.options = add_classes(w.Accordion(children=[options], titles=("Options: split, sanitizer, bounds",)),
+                                   "nbt-mapping-options")
         fields = w.VBox([self._rows[name] for name in (*COLUMN_FIELDS, "metadata")])
         self.widget = add_classes(w.VBox([
             w.HTML("<b>Column mapping</b>"), w.HBox([self.path, self.load]), self.source_info, self.method,
-            fields, self.system_prompt, self.labels, accordion, self.status,
+            fields, self.system_prompt, self.labels, self.options, self.status,
             w.HTML("<b>Preview</b> (the first rows as they will be written)"), self.preview,
             w.HTML("<b>Validation</b>"), self.report, w.HBox([self.validate, self.show_problems]), self.problems,
             w.HBox([self.out_dir, self.overwrite, self.save]), self.output,
@@ -182,8 +191,8 @@ class ColumnMappingForm(WidgetView):
         columns = [str(c) for c in frame.columns]
         with self._hold():
             for name in COLUMN_FIELDS:
-                getattr(self, name).options = [(NONE, None)] + [(c, c) for c in columns]
-                getattr(self, name).value = None
+                getattr(self, name).options = [(NONE, NO_COLUMN)] + [(c, c) for c in columns]
+                getattr(self, name).value = NO_COLUMN
             for tags in (self.question_more, self.text_more, self.metadata, self.html_columns):
                 tags.allowed_tags = columns
                 tags.value = []
@@ -191,7 +200,7 @@ class ColumnMappingForm(WidgetView):
         from nbtoolkit.data import detect_schema
 
         schema = detect_schema(frame)
-        self.source_info.value = (f"<span style='color:#57606a'>{html.escape(self.source)} · {len(frame):,} rows · "
+        self.source_info.value = (f"<span style='color:{MUTED}'>{html.escape(self.source)} · {len(frame):,} rows · "
                                   f"{len(columns)} columns" + (f" · schema <b>{html.escape(schema)}</b>"
                                                                if schema else "") + "</span>")
         self.refresh()
@@ -229,7 +238,8 @@ class ColumnMappingForm(WidgetView):
     def value(self) -> PrepareConfig:
         """The PrepareConfig this form describes (ValueError when it is not valid)."""
         labels = tuple(label.strip() for label in self.labels.value.split(",") if label.strip()) or None
-        return PrepareConfig(mapping=self.mapping, labels=labels, split=self.split.value, seed=self.seed.value,
+        split = None if self.split.value == NO_SPLIT else self.split.value
+        return PrepareConfig(mapping=self.mapping, labels=labels, split=split, seed=self.seed.value,
                              reserved=self.reserved.value, platform=self.platform.value,
                              html_columns=tuple(self.html_columns.value) or None)
 
@@ -239,7 +249,7 @@ class ColumnMappingForm(WidgetView):
             if config.mapping is not None:
                 self._set_mapping(config.mapping)
             self.labels.value = ", ".join(config.labels) if config.labels else ""
-            self.split.value = config.split
+            self.split.value = config.split or NO_SPLIT
             self.seed.value = config.seed
             self.reserved.value = config.reserved
             self.platform.value = config.platform
@@ -256,11 +266,11 @@ class ColumnMappingForm(WidgetView):
         with self._hold():
             for name in JOINED_FIELDS:
                 columns = getattr(mapping, name)
-                getattr(self, name).value = columns[0] if columns else None
+                getattr(self, name).value = columns[0] if columns else NO_COLUMN
                 getattr(self, f"{name}_more").value = list(columns[1:])
-            self.answer.value = mapping.answer[0] if mapping.answer else None
-            self.system.value = mapping.system
-            self.id.value = mapping.id
+            self.answer.value = mapping.answer[0] if mapping.answer else NO_COLUMN
+            self.system.value = mapping.system or NO_COLUMN
+            self.id.value = mapping.id or NO_COLUMN
             self.metadata.value = list(mapping.metadata)
             if mapping.system_prompt is not None:
                 self.system_prompt.value = mapping.system_prompt
@@ -285,7 +295,7 @@ class ColumnMappingForm(WidgetView):
         self.status.value = (message_html("the system column is used; the prompt box is ignored")
                              if self.system.value else "")
         records = head.records("all", fmt)
-        self.preview.value = (f"<div style='color:#57606a'>{fmt} records, rows 1-{len(records)} of "
+        self.preview.value = (f"<div style='color:{MUTED}'>{fmt} records, rows 1-{len(records)} of "
                               f"{len(self.frame):,} (click a row for the whole record)</div>"
                               + "".join(_record_html(i, r, fmt) for i, r in enumerate(records, 1)))
         if len(self.frame) <= LIVE_VALIDATION_ROWS:
@@ -329,10 +339,15 @@ class ColumnMappingForm(WidgetView):
         if report.problems:
             frame = report.to_frame()
             counts = frame.groupby(["rule", "severity"]).size().unstack(fill_value=0)
-            counts.insert(0, "what it checks", [RULES.get(rule, "") for rule in counts.index])
+            counts.insert(0, "what it checks", [self._rule_text(rule) for rule in counts.index])
             parts.append(frame_html(counts))
         self.report.value = "".join(parts)
         self._on_show_problems_change()
+
+    def _rule_text(self, rule: str) -> str:
+        """What a rule checks, naming the labels as they came: declared in the labels box, or inferred."""
+        source = "the labels in the labels box" if self.labels.value.strip() else "the labels inferred from the data"
+        return RULES.get(rule, "").replace("the declared labels", source)
 
     def _on_show_problems_change(self, change: Any = None) -> None:
         report = self.report_data
@@ -362,6 +377,11 @@ class ColumnMappingForm(WidgetView):
         uses_prompt = method != "cpt"
         self.system_prompt.layout.display = "" if uses_prompt else "none"
         self.labels.layout.display = "" if uses_prompt else "none"
+
+    def _on_split_change(self, change: Any = None) -> None:
+        preset = SPLIT_PRESETS.get(self.split.value)
+        text = preset.description if preset is not None else "one 'all' split"
+        self.split_info.value = f"<span style='color:{MUTED};white-space:normal'>{html.escape(text)}</span>"
 
     def _on_method_change(self, change: Any) -> None:
         self._show_method_fields()

@@ -1,5 +1,5 @@
-"""MixForm: the data mix as sliders (customer share + one weight per category), kept to REFERENCE.md §4's rules,
-with a normalize action, presets, seed 004's advice and a live chart of each source's share of a batch."""
+"""MixForm: the data mix as sliders (customer share + one weight per category), kept to the mix rules, with a
+normalize action, presets, the advisor's advice and a live chart of each source's share of a batch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from nbtoolkit.advisor import check_rai, check_reasoning_instruction_following
 from nbtoolkit.mixing.config import CATEGORIES, MIX_PRESETS, SUM_TOLERANCE, MixConfig, MixError, mix_problems
 from nbtoolkit.ui._base import WidgetView, widgets_missing_html
-from nbtoolkit.ui._widgets import add_classes, figure_png, frame_html, message_html, png_img, widgets
+from nbtoolkit.ui._widgets import FULL_WIDTH, MUTED, add_classes, figure_svg, frame_html, message_html, widgets
 
 CUSTOM = "custom"
 
@@ -37,15 +37,19 @@ class MixForm(WidgetView):
         self._holding = 0
 
         self.customer = add_classes(w.FloatSlider(value=50.0, min=0, max=100, step=1, description="customer %",
-                                                  readout_format=".0f", continuous_update=False,
+                                                  readout=False, continuous_update=False,
                                                   tooltip="customer_data_percent: your data's share of each batch",
-                                                  layout=w.Layout(width="420px")), "nbt-mix-customer")
+                                                  layout=w.Layout(width="360px")), "nbt-mix-customer")
         self.customer.style.description_width = "90px"
+        # A typed value is checked, not clamped by the slider: 150 says why it is not taken.
+        self.customer_box = add_classes(w.FloatText(value=50.0, step=1, layout=w.Layout(width="70px"),
+                                                    tooltip="customer_data_percent (0-100)"), "nbt-mix-customer-box")
         self.sliders = {}
         for category in shown:
             slider = w.FloatSlider(value=0.0, min=0, max=100, step=0.1, description=category, readout_format=".1f",
-                                   continuous_update=False, layout=w.Layout(width="380px"))
-            slider.style.description_width = "200px"
+                                   continuous_update=False, description_allow_html=False, tooltip=category,
+                                   layout=w.Layout(width="auto"))
+            slider.style.description_width = "250px"  # the longest, reasoning-instruction-following, whole
             self.sliders[category] = add_classes(slider, "nbt-mix-weight", f"nbt-mix-{category}")
         self.preset = add_classes(w.Dropdown(options=[*MIX_PRESETS, CUSTOM], value=CUSTOM, description="preset",
                                              layout=w.Layout(width="260px")), "nbt-mix-preset")
@@ -53,16 +57,20 @@ class MixForm(WidgetView):
         self.normalize = add_classes(w.Button(description="Normalize", icon="balance-scale",
                                               tooltip="rescale the category weights to sum to 100"), "nbt-normalize")
         self.status = add_classes(w.HTML(), "nbt-mix-status")
-        self.chart = add_classes(w.Image(format="png"), "nbt-mix-chart")
+        self.chart = add_classes(w.Image(format="svg+xml", layout=w.Layout(width="540px", max_width=FULL_WIDTH)),
+                                 "nbt-mix-chart")
         grid = w.GridBox(list(self.sliders.values()),
-                         layout=w.Layout(grid_template_columns="repeat(2, 390px)", grid_gap="0 8px"))
+                         layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(470px, 1fr))",
+                                         grid_gap="0 8px"))
         self.widget = add_classes(w.VBox([
-            w.HTML("<b>Data mix</b> <span style='color:#57606a'>customer share of every batch; the category weights "
-                   "split the rest and sum to 100 (REFERENCE.md §4)</span>"),
-            w.HBox([self.customer, self.preset, self.normalize]),
+            w.HTML(f"<b>Data mix</b> <span style='color:{MUTED}'>customer share of every batch; the category "
+                   "weights split the rest and sum to 100</span>"),
+            w.HBox([self.customer, self.customer_box, self.preset, self.normalize],
+                   layout=w.Layout(flex_flow="row wrap")),
             grid, self.status, self.chart]), "nbt-mix-form")
 
         self.customer.observe(self._on_customer_change, names="value")
+        self.customer_box.observe(self._on_customer_box_change, names="value")
         for slider in self.sliders.values():
             slider.observe(self._on_weight_change, names="value")
         self.preset.observe(self._on_preset_change, names="value")
@@ -102,18 +110,34 @@ class MixForm(WidgetView):
             weights = mix.category_weights
             for category, slider in self.sliders.items():
                 slider.value = weights.get(category, 0.0)
+        if not self._held:
+            self._name_preset()
         self._refresh()
 
     # -- events -------------------------------------------------------------------------------------------------
 
     def _on_customer_change(self, change: dict) -> None:
+        with self._hold():
+            self.customer_box.value = float(change["new"])
         if not self._held:
-            self._mark_custom()
+            self._name_preset()
             self._refresh()
+
+    def _on_customer_box_change(self, change: dict) -> None:
+        if self._held:
+            return
+        typed = float(change["new"])
+        if not 0 <= typed <= 100:
+            with self._hold():
+                self.customer_box.value = float(self.customer.value)
+            self._refresh(note=f"customer % must be between 0 and 100: {typed:g} was not taken (it stays "
+                               f"{self.customer.value:g})", kind="error")
+            return
+        self.customer.value = typed
 
     def _on_weight_change(self, change: dict) -> None:
         if not self._held:
-            self._mark_custom()
+            self._name_preset()
             self._refresh()
 
     def _on_preset_change(self, change: dict) -> None:
@@ -137,18 +161,36 @@ class MixForm(WidgetView):
             self._refresh(note=str(error), kind="error")
             return
         if not mix.mixing:
-            with self._hold():
-                for slider in self.sliders.values():
-                    slider.value = 0.0
-            self._refresh(note="customer only: category weights set to 0")
+            # Customer only: the weights are not used now, but are kept (normalized) for a lower customer share.
+            total = sum(self.raw_weights.values())
+            if total:
+                with self._hold():
+                    for category, slider in self.sliders.items():
+                        slider.value = round(100 * float(slider.value) / total, 1)
+            self._refresh(note="customer only: category weights normalized; they apply once customer % is below 100"
+                          if total else "customer only: no category weights to normalize")
             return
         self.value = mix
         self._refresh(note="weights normalized to sum to 100")
 
-    def _mark_custom(self) -> None:
-        if self.preset.value != CUSTOM:
+    def _name_preset(self) -> None:
+        """Name the preset the sliders now equal, or "custom"."""
+        name = self._matching_preset()
+        if self.preset.value != name:
             with self._hold():
-                self.preset.value = CUSTOM
+                self.preset.value = name
+
+    def _matching_preset(self) -> str:
+        try:
+            mix = self.value
+        except MixError:
+            return CUSTOM
+        for name, preset in MIX_PRESETS.items():
+            if preset.mixing and any(c not in self.sliders for c in preset.category_weights):
+                preset = preset.restricted_to(self.categories)
+            if _same_mix(mix, preset):
+                return name
+        return CUSTOM
 
     # -- display ------------------------------------------------------------------------------------------------
 
@@ -182,7 +224,7 @@ class MixForm(WidgetView):
         if self._chart_enabled and mix is not None:
             from nbtoolkit.plots import mix_share_figure
 
-            self.chart.value = figure_png(mix_share_figure(mix), dpi=80)
+            self.chart.value = figure_svg(mix_share_figure(mix))
 
     def fallback_html(self) -> str:
         try:
@@ -190,8 +232,7 @@ class MixForm(WidgetView):
         except MixError as error:
             return widgets_missing_html(type(self).__name__, message_html(str(error), "error"))
         table = frame_html(mix.table().round(3))
-        snapshot = (f"<div>{html.escape(str(mix))}</div>{table}"
-                    + (png_img(self.chart.value, "mix shares") if self.chart.value else ""))
+        snapshot = f"<div>{html.escape(str(mix))}</div>{table}" + _svg_html(self.chart.value)
         return widgets_missing_html(type(self).__name__, snapshot)
 
     def __repr__(self) -> str:
@@ -199,3 +240,18 @@ class MixForm(WidgetView):
             return f"MixForm({self.value})"
         except MixError as error:
             return f"MixForm(invalid: {error})"
+
+
+def _same_mix(one: MixConfig, other: MixConfig, tolerance: float = 0.05) -> bool:
+    if abs(one.customer_data_percent - other.customer_data_percent) > tolerance:
+        return False
+    if not one.mixing or not other.mixing:
+        return one.mixing == other.mixing
+    a, b = one.category_weights, other.category_weights
+    return all(abs(a.get(c, 0.0) - b.get(c, 0.0)) <= tolerance for c in {*a, *b})
+
+
+def _svg_html(svg: bytes) -> str:
+    """The chart's SVG inline (the XML prolog dropped), for frontends without widgets."""
+    text = bytes(svg).decode("utf-8") if svg else ""
+    return text[text.find("<svg"):] if "<svg" in text else ""

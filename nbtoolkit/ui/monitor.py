@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import threading
 import time
 import uuid
@@ -19,14 +20,21 @@ import pandas as pd
 
 from nbtoolkit.advisor import advise_running
 from nbtoolkit.ui._base import WIDGET_MIME, WidgetView
-from nbtoolkit.ui._widgets import add_classes, figure_png, png_img, widgets
+from nbtoolkit.ui._widgets import COLOURS, MUTED, add_classes, figure_png, png_img, widgets
 
 DONE_STATES = ("COMPLETED", "FAILED", "STOPPED")
-STATE_COLOURS = {"COMPLETED": "#1a7f37", "FAILED": "#cf222e", "STOPPED": "#cf222e"}
+STATE_COLOURS = {"COMPLETED": COLOURS["ok"], "FAILED": COLOURS["error"], "STOPPED": MUTED}
 # Latest values shown beside the bar, in this order, when the job logs them.
 SHOWN_NUMBERS = ("loss", "eval_loss", "lr", "reward_mean", "eval_reward_mean", "kl", "completion_length",
                  "entropy", "tokens_per_second", "seconds_per_step")
 MAX_POLL_FAILURES = 5
+CANCELLED = "cancelled"  # the reason a job stopped on request gives (runtime.worker.CANCELLED)
+CANCELLED_STATE = "CANCELLED"
+WAITING_TEXT = "starting: loading the model and data (steps show once training begins)"
+# Log lines a person does not need in the tail: redrawn progress bars ("40%|████  | 4/10 [...]") and library
+# deprecation notices (a FutureWarning line and the source line the warnings module prints under it).
+_BAR_LINE = re.compile(r"\d+%\|.*\|")
+_WARNING_LINE = re.compile(r"\b(FutureWarning|DeprecationWarning|PendingDeprecationWarning)\b")
 
 
 @dataclass
@@ -136,8 +144,40 @@ def take_snapshot(job: Any, clock: EtaClock, tail: int = 15) -> JobSnapshot:
 
         estimate = launch_estimate(run_dir)
     elapsed = progress.get("elapsed") if progress else None
+    # Read more than `tail` lines: the bar redraws and warnings left out would otherwise leave the tail short.
     return JobSnapshot(state, reason, done, phase, step, total, eta, _latest(metrics), metrics,
-                       str(job.logs(tail) or ""), estimate, elapsed)
+                       clean_log(str(job.logs(tail * 4) or ""), tail), estimate, elapsed)
+
+
+def clean_log(text: str, tail: int) -> str:
+    """The last `tail` lines of a job log worth reading: progress-bar redraws and library deprecation warnings
+    (with the source line printed under each) left out."""
+    kept: list[str] = []
+    skip_source = False
+    for line in re.split(r"\r\n|\r|\n", text):
+        if _WARNING_LINE.search(line):
+            skip_source = True
+            continue
+        if skip_source and line.startswith((" ", "\t")):
+            continue
+        skip_source = False
+        if line.strip() and not _BAR_LINE.search(line):
+            kept.append(line)
+    return "\n".join(kept[-tail:])
+
+
+def shown_state(snapshot: JobSnapshot) -> tuple[str, str, str]:
+    """(state, colour, detail) as the monitor shows them: a job stopped on request reads CANCELLED (not FAILED)."""
+    reason = str(snapshot.reason or "")
+    if snapshot.done and reason.startswith(CANCELLED):
+        return CANCELLED_STATE, MUTED, reason[len(CANCELLED):].strip(" ()")
+    return snapshot.state, STATE_COLOURS.get(snapshot.state.upper(), COLOURS["warning"]), reason
+
+
+def _state_html(title: str, snapshot: JobSnapshot) -> str:
+    state, colour, detail = shown_state(snapshot)
+    return (f"<b>{html.escape(title)}</b> <span style='color:{colour};font-weight:bold'>{html.escape(state)}</span>"
+            + (f" - {html.escape(detail)}" if detail else ""))
 
 
 def _number(value: float) -> str:
@@ -146,11 +186,10 @@ def _number(value: float) -> str:
 
 def snapshot_html(title: str, snapshot: JobSnapshot, curves_png: bytes | None = None, *, css_class: str = "") -> str:
     """The monitor as plain HTML: what shows where widgets do not render."""
-    colour = STATE_COLOURS.get(snapshot.state.upper(), "#9a6700")
-    parts = [f'<div class="nbt-job-card {css_class}" style="border:1px solid #d0d7de;border-radius:6px;'
-             f'padding:6px 10px;font-size:13px"><b>{html.escape(title)}</b> '
-             f'<span style="color:{colour};font-weight:bold">{html.escape(snapshot.state)}</span>'
-             + (f" - {html.escape(str(snapshot.reason))}" if snapshot.reason else "")]
+    parts = [f'<div class="nbt-job-card {css_class}" style="border:1px solid {COLOURS["border"]};border-radius:6px;'
+             f'padding:6px 10px;font-size:13px">' + _state_html(title, snapshot)]
+    if not snapshot.total and not snapshot.done:
+        parts.append(f"<br><span style='color:{MUTED}'>{html.escape(WAITING_TEXT)}</span>")
     if snapshot.total:
         parts.append(f'<br><progress value="{snapshot.step or 0}" max="{snapshot.total}" style="width:240px">'
                      f"</progress> {html.escape(_progress_text(snapshot))}")
@@ -161,7 +200,7 @@ def snapshot_html(title: str, snapshot: JobSnapshot, curves_png: bytes | None = 
     if snapshot.logs:
         parts.append(f"<pre style='max-height:12em;overflow:auto;font-size:11px'>{html.escape(snapshot.logs)}</pre>")
     if not snapshot.done:
-        parts.append("<span style='color:#57606a'>stop it with job.cancel()</span>")
+        parts.append(f"<span style='color:{MUTED}'>stop it with job.cancel()</span>")
     return "".join(parts) + "</div>"
 
 
@@ -220,7 +259,7 @@ class JobMonitor(WidgetView):
         self.widget = add_classes(w.VBox([
             w.HBox([self.status, self.stop_button], layout=w.Layout(justify_content="space-between")),
             w.HBox([self.bar, self.progress_text]), self.numbers, self.advice, self.curves, self.log,
-        ], layout=w.Layout(border="1px solid #d0d7de", padding="4px 8px")), "nbt-job-monitor",
+        ], layout=w.Layout(border=f"1px solid {COLOURS['border']}", padding="4px 8px")), "nbt-job-monitor",
             f"nbt-monitor-{self.uid}")
         self.refresh()
         if start:
@@ -243,18 +282,20 @@ class JobMonitor(WidgetView):
         with self._lock:
             snapshot = take_snapshot(self.job, self._clock, self.tail)
             self.snapshot = snapshot
-            colour = STATE_COLOURS.get(snapshot.state.upper(), "#9a6700")
-            self.status.value = (f"<b>{html.escape(self.title)}</b> <span style='color:{colour};font-weight:bold'>"
-                                 f"{html.escape(snapshot.state)}</span>"
-                                 + (f" - {html.escape(str(snapshot.reason))}" if snapshot.reason else ""))
+            self.status.value = _state_html(self.title, snapshot)
+            cancelled = shown_state(snapshot)[0] == CANCELLED_STATE
             fraction = snapshot.fraction
             if fraction is not None:
                 self.bar.value = fraction
-            elif snapshot.done:
+            elif snapshot.done and not cancelled:
                 self.bar.value = 1.0
+            # No empty bar while the model loads: a line saying what happens, the bar once steps are known.
+            waiting = fraction is None and not snapshot.done
+            self.bar.layout.display = "none" if waiting else ""
             self.bar.bar_style = ("success" if snapshot.state.upper() == "COMPLETED" else
-                                  "danger" if snapshot.done else "info")
-            self.progress_text.value = html.escape(_progress_text(snapshot))
+                                  "warning" if cancelled else "danger" if snapshot.done else "info")
+            text = _progress_text(snapshot)
+            self.progress_text.value = html.escape(" · ".join(filter(None, [WAITING_TEXT, text])) if waiting else text)
             self.numbers.value = ("<span style='font-family:monospace;font-size:12px'>" + html.escape(
                 " · ".join(f"{k} {_number(v)}" for k, v in snapshot.numbers.items())) + "</span>")
             advice = advise_running(snapshot.metrics)

@@ -20,7 +20,7 @@ from nbtoolkit.plots import (
     stage_table_styler,
 )
 from nbtoolkit.ui._base import WidgetView, widgets_missing_html
-from nbtoolkit.ui._widgets import add_classes, figure_png, png_img, widgets
+from nbtoolkit.ui._widgets import add_classes, figure_image, figure_png, message_html, png_img, widgets
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -82,12 +82,14 @@ class ResultsView(WidgetView):
     `general_table()`, `confusion_figure()`, `lengths_figure()`, `per_class_figure()`.
 
     general: {stage: GeneralEvalResult or its directory}; read from a pipeline directory's general-<stage> jobs
-    when `source` is a directory.
+    when `source` is a directory. note: a banner above the tables (`ResultsView.example()` says whose run it is).
     """
 
     def __init__(self, source: str | os.PathLike | Mapping[str, Any], *, metrics: Sequence[str] = STAGE_METRICS,
-                 max_new_tokens: int | None = None, general: Mapping[str, Any] | None = None) -> None:
+                 max_new_tokens: int | None = None, general: Mapping[str, Any] | None = None,
+                 note: str | None = None) -> None:
         self.results = load_stage_results(source)
+        self.note = note
         if general is None and not isinstance(source, Mapping):
             general = source
         self.general = load_general_results(general) if general is not None else {}
@@ -96,6 +98,14 @@ class ResultsView(WidgetView):
         self.max_new_tokens = max_new_tokens or getattr(first.config, "max_new_tokens", None)
         self._widget: Any = None
         self.explorer: Any = None
+
+    @classmethod
+    def example(cls, **options: Any) -> ResultsView:
+        """The bundled example run (nbtoolkit.examples), labelled as an example in its stage names and banner."""
+        from nbtoolkit.examples import example_description, example_results
+
+        return cls(example_results(), note=f"Example run, not yours: {example_description()}. Your own results "
+                                           "show here once your stages are evaluated.", **options)
 
     def __repr__(self) -> str:
         return f"ResultsView({', '.join(self.results)})"
@@ -130,7 +140,7 @@ class ResultsView(WidgetView):
 
     def seed_table(self):
         """Seed 003's final table (ROUGE, exact match, F1, BLEU) for these stages."""
-        return self.styler(SEED_TABLE_METRICS, caption="Final result analysis (seed 003's metrics)")
+        return self.styler(SEED_TABLE_METRICS, caption="Final result analysis (ROUGE, exact match, F1, BLEU)")
 
     def confusion_figure(self, *, normalize: bool = False) -> Figure:
         """The stages' confusion matrices side by side (true label rows, predicted columns)."""
@@ -175,26 +185,26 @@ class ResultsView(WidgetView):
 
         w = widgets()
 
-        def image(figure: Figure, css: str) -> Any:
-            return add_classes(w.Image(value=figure_png(figure), format="png", layout=w.Layout(max_width="100%")),
-                               css)
-
         per_class = self.per_class()
-        per_class_box = w.VBox([w.HTML(per_class.style.format(precision=3).to_html()),
-                                image(self.per_class_figure(), "nbt-per-class")]) if per_class is not None else \
+        counts = [column for column in per_class.columns if column[-1] == "support"]
+        per_class_box = w.VBox([w.HTML(per_class.style.format(precision=3).format("{:,.0f}", subset=counts)
+                                       .to_html()),
+                                figure_image(self.per_class_figure(), "nbt-per-class")]) if per_class is not None else \
             w.HTML("<i>free-text task: no per-class metrics</i>")
         self.explorer = SampleExplorer(self.results)
-        metrics = [add_classes(w.HTML(self.styler().to_html()), "nbt-stage-table")]
+        metrics = [add_classes(w.HTML(message_html(self.note, "warning")), "nbt-results-note")] if self.note else []
+        metrics.append(add_classes(w.HTML(self.styler().to_html()), "nbt-stage-table"))
         if self.general:
             metrics.append(add_classes(w.HTML(self.general_styler().to_html()), "nbt-general-table"))
         tabs = w.Tab(children=[w.VBox(metrics),
-                               image(self.confusion_figure(), "nbt-confusion"),
-                               image(self.lengths_figure(), "nbt-lengths"), per_class_box, self.explorer.widget],
+                               figure_image(self.confusion_figure(), "nbt-confusion"),
+                               figure_image(self.lengths_figure(), "nbt-lengths"), per_class_box, self.explorer.widget],
                      titles=("Metrics", "Confusion", "Lengths", "Per class", "Samples"))
         return add_classes(tabs, "nbt-results-view")
 
     def fallback_html(self) -> str:
         general = self.general_styler()
-        snapshot = (self.styler().to_html() + (general.to_html() if general is not None else "")
+        snapshot = ((message_html(self.note, "warning") if self.note else "") + self.styler().to_html()
+                    + (general.to_html() if general is not None else "")
                     + png_img(figure_png(self.confusion_figure()), "confusion matrices"))
         return widgets_missing_html("ResultsView", snapshot)

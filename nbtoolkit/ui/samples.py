@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from nbtoolkit.ui._base import WidgetView, widgets_missing_html
-from nbtoolkit.ui._widgets import add_classes, frame_html, widgets
+from nbtoolkit.ui._widgets import COLOURS, MUTED, add_classes, frame_html, widgets
 
 ALL = "(all)"
 OUTCOMES = ("all", "correct", "wrong")
@@ -55,6 +55,13 @@ def _lengths(predictions: pd.DataFrame) -> pd.Series:
     if column not in predictions:
         return predictions["reply"].astype(str).str.len()
     return pd.to_numeric(predictions[column], errors="coerce").fillna(0).astype(int)
+
+
+def _text(value: Any) -> str:
+    """A sample's text as HTML; a missing or blank one says so instead of showing "NaN" or nothing."""
+    if value is None or (isinstance(value, float) and pd.isna(value)) or not str(value).strip():
+        return f"<i style='color:{MUTED}'>(blank)</i>"
+    return html.escape(str(value))
 
 
 def _as_predictions(item: Any) -> pd.DataFrame:
@@ -115,6 +122,13 @@ class SampleExplorer(WidgetView):
             child.observe(self._on_filter_change, names="value")
         self._on_stage_change()
 
+    @classmethod
+    def example(cls, **options: Any) -> SampleExplorer:
+        """The bundled example run's predictions (nbtoolkit.examples); every stage name ends in "(example)"."""
+        from nbtoolkit.examples import example_results
+
+        return cls(example_results(), **options)
+
     def __repr__(self) -> str:
         return f"SampleExplorer({', '.join(self.tables)}: {len(self.matches)} matching)"
 
@@ -142,6 +156,8 @@ class SampleExplorer(WidgetView):
             self.true_label.disabled = len(references) > MAX_LABELS
             predicted = frame["predicted_label"].dropna().astype(str).unique() if "predicted_label" in frame else []
             self.predicted_label.options = [ALL, *sorted(predicted)]
+            # New options leave an unset Dropdown blank in the browser: "(all)" is chosen explicitly.
+            self.true_label.value = self.predicted_label.value = ALL
             self.predicted_label.disabled = len(predicted) == 0
             lengths = _lengths(frame)
             high = int(lengths.max()) if len(lengths) else 0
@@ -160,7 +176,7 @@ class SampleExplorer(WidgetView):
         frame = self.predictions
         wrong = int((~frame["correct"].astype(bool)).sum())
         self.summary.value = (f"<b>{len(self.matches):,}</b> of {len(frame):,} samples match "
-                              f"<span style='color:#57606a'>({wrong:,} wrong in this stage)</span>")
+                              f"<span style='color:{MUTED}'>({wrong:,} wrong in this stage)</span>")
         self.show_page(0)
         return self.matches
 
@@ -173,11 +189,11 @@ class SampleExplorer(WidgetView):
         start = self._page * self.page_size
         rows = self.matches.iloc[start:start + self.page_size]
         self.samples.value = "".join(self._card(row) for _, row in rows.iterrows()) or \
-            "<i style='color:#57606a'>no sample matches these filters</i>"
+            f"<i style='color:{MUTED}'>no sample matches these filters</i>"
 
     def _card(self, row: pd.Series) -> str:
         ok = bool(row["correct"])
-        colour = "#1a7f37" if ok else "#cf222e"
+        colour = COLOURS["ok"] if ok else COLOURS["error"]
         prompt = self.prompts.get(int(row["row"])) if "row" in row and self.prompts else None
         predicted = row.get("predicted_label")
         facts = [f"row {row['row']}" if "row" in row else "",
@@ -186,11 +202,11 @@ class SampleExplorer(WidgetView):
                  else "", "hit max_new_tokens" if bool(row.get("hit_max_new_tokens", False)) else ""]
         return (f"<div class='nbt-sample' style='border-left:4px solid {colour};padding:4px 8px;margin:6px 0'>"
                 f"<span style='color:{colour};font-weight:bold'>{'correct' if ok else 'wrong'}</span> "
-                f"<span style='color:#57606a'>{' · '.join(f for f in facts if f)}</span>"
+                f"<span style='color:{MUTED}'>{' · '.join(f for f in facts if f)}</span>"
                 f"<div><b>prompt</b><pre style='white-space:pre-wrap;margin:0;max-height:10em;overflow:auto'>"
-                f"{html.escape(str(prompt if prompt is not None else row['query']))}</pre></div>"
-                f"<div><b>reply</b><pre style='white-space:pre-wrap;margin:0'>{html.escape(str(row['reply']))}</pre>"
-                f"</div><div><b>reference</b> <code>{html.escape(str(row['reference']))}</code></div></div>")
+                f"{_text(prompt if prompt is not None else row['query'])}</pre></div>"
+                f"<div><b>reply</b><pre style='white-space:pre-wrap;margin:0'>{_text(row['reply'])}</pre>"
+                f"</div><div><b>reference</b> <code>{_text(row['reference'])}</code></div></div>")
 
     def fallback_html(self) -> str:
         columns = [c for c in SUMMARY_COLUMNS if c in self.matches]
