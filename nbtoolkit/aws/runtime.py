@@ -274,7 +274,7 @@ class SageMakerRuntime:
             checks += self._online_checks(plan)
         where = resume_from or run_dir or self.runs_dir / run_id.rsplit("-", 1)[0]
         return SageMakerDryRunReport(all(c.ok for c in checks), checks, command, job_json,
-                                     str(Path(where).absolute()), plan)
+                                     str(Path(where).absolute()), plan=plan)
 
     def _run_id(self, spec: JobSpec, resume_from: str | os.PathLike | None,
                 run_dir: str | os.PathLike | None) -> tuple[str, int]:
