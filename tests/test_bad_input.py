@@ -335,9 +335,15 @@ class CountingEngine:
     """A stand-in model that counts how many prompts it was asked to tokenize."""
 
     name, created, context_length = "m", 0, None
+    sampling = {"temperature": 1.0, "top_p": 1.0, "source": "test"}
 
     def __init__(self) -> None:
         self.encoded = 0
+
+    def settings(self, **values):
+        from nbtoolkit.serve.engine import ChatEngine
+
+        return ChatEngine.settings(self, **values)
 
     def encode(self, messages):
         self.encoded += 1

@@ -227,6 +227,12 @@ class FakeEngine:
     name = "fuzz-model"
     created = 0
     context_length = 64
+    sampling = {"temperature": 1.0, "top_p": 1.0, "source": "test"}
+
+    def settings(self, **values):
+        from nbtoolkit.serve.engine import ChatEngine
+
+        return ChatEngine.settings(self, **values)
 
     def encode(self, messages):
         return [1] * sum(1 + len(m["content"]) // 8 for m in messages)
