@@ -273,7 +273,8 @@ def _excerpt(text: str, limit: int = QUERY_EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _reference_label(reference: str, labels: Sequence[str]) -> str:
+def reference_label(reference: str, labels: Sequence[str]) -> str:
+    """The label a reference answer names: itself when it is one, else the first label found in it."""
     from nbtoolkit.labels import extract_label
 
     reference = reference.strip()
@@ -304,7 +305,7 @@ def sample_rows(examples: Sequence[EvalExample], limit: int, labels: Sequence[st
         return list(range(n)), "all"
     from nbtoolkit.data.splits import stratified_order
 
-    truth = pd.Series([_reference_label(e.reference, labels) for e in examples]) if labels else None
+    truth = pd.Series([reference_label(e.reference, labels) for e in examples]) if labels else None
     order = stratified_order(truth, n, seed)
     return sorted(int(i) for i in order[:limit]), "stratified" if labels else "random"
 
@@ -375,7 +376,7 @@ def evaluate(
     })
     confusion = per_class = None
     if labels:
-        truth = [_reference_label(r, labels) for r in references]
+        truth = [reference_label(r, labels) for r in references]
         predicted = label_predictions(replies, labels)
         metrics.update(label_metrics(replies, truth, labels))
         predictions["predicted_label"] = predicted

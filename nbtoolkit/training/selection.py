@@ -44,14 +44,14 @@ class ValidationSet:
 def load_validation_set(path: str | os.PathLike, labels: Sequence[str], *, limit: int = VALIDATION_ROWS,
                         seed: int = 0) -> ValidationSet:
     """A stratified sample of `limit` rows (0: every row) of a chat or gen_qa validation file."""
-    from nbtoolkit.evaluation import _reference_label, load_eval_examples, sample_rows
+    from nbtoolkit.evaluation import reference_label, load_eval_examples, sample_rows
 
     if not labels:
         raise ValueError("validation checks score labels: give the label set")
     examples = load_eval_examples(path)
     rows, sampling = sample_rows(examples, limit, labels, seed=seed)
     chosen = [examples[i] for i in rows]
-    return ValidationSet([e.conversation for e in chosen], [_reference_label(e.reference, labels) for e in chosen],
+    return ValidationSet([e.conversation for e in chosen], [reference_label(e.reference, labels) for e in chosen],
                          tuple(labels), len(examples), sampling, Path(path).name)
 
 
