@@ -11,9 +11,12 @@ from __future__ import annotations
 import html
 import math
 import statistics
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from nbtoolkit.training.config import CONFIGS, HyperparameterWarning, save_steps_problem
 
 WARMUP_SHARE = 0.15            # seed 004: warmup about 15% of max_steps ...
 WARMUP_BAND = (0.05, 0.30)     # ... advice when outside this band
@@ -22,6 +25,7 @@ POSITIVE_SHARE_HIGH = 0.95     # RFT: above it nearly every reply scores the sam
 SPIKE_FACTOR = 2.0             # a loss over this multiple of the recent median is a spike ...
 SPIKE_WINDOW = 10              # ... over the previous (up to) this many logged losses
 SPIKE_MIN_HISTORY = 5
+LR_FACTOR = 10.0               # an lr this many times away from the calibrated default is advised against
 LEVELS = ("info", "warning", "error")
 
 
@@ -78,6 +82,14 @@ def check_lr_while_mixing(lr: float, default_lr: float | None, mixing: bool) -> 
                    field="lr")]
 
 
+def check_lr_far_from_default(lr: float, default_lr: float | None) -> list[Advice]:
+    """An lr more than 10x away from the platform's calibrated default rarely trains well."""
+    if not default_lr or default_lr / LR_FACTOR <= lr <= default_lr * LR_FACTOR:
+        return []
+    return [Advice("lr-far-from-default", "warning", f"lr {lr:g} is more than {LR_FACTOR:g}x away from the "
+                   f"calibrated default {default_lr:g}", field="lr")]
+
+
 def check_reasoning_instruction_following(mix: Any, method: str = "sft_lora") -> list[Advice]:
     """SFT with mixing should always include reasoning-instruction-following (seed 004)."""
     if mix is None or not mix.mixing or not method.startswith("sft"):
@@ -111,11 +123,9 @@ def check_warmup(warmup_steps: int, max_steps: int) -> list[Advice]:
 
 
 def check_save_steps(save_steps: int, max_steps: int) -> list[Advice]:
-    """A checkpoint interval beyond the run saves nothing to resume from or pick (save_steps <= max_steps)."""
-    if save_steps <= max_steps:
-        return []
-    return [Advice("save-steps", "error", f"save_steps {save_steps} > max_steps {max_steps}: no checkpoint would "
-                   "be saved during the run; set save_steps <= max_steps", field="save_steps")]
+    """The config's hard rule save_steps <= max_steps, for form values that do not make a config yet."""
+    problem = save_steps_problem(save_steps, max_steps)
+    return [Advice("save-steps", "error", problem, field="save_steps")] if problem else []
 
 
 def check_rft_baseline(positive_share: float | None) -> list[Advice]:
@@ -147,13 +157,11 @@ def advise_launch(config: Any = None, *, mix: Any = None, method: str | None = N
                   positive_share: float | None = None) -> AdviceList:
     """Every pre-launch check that applies. config: a MethodConfig or a mapping of form values (then give method
     and platform); mix: a MixConfig (or its dict); positive_share: the RFT precheck's share of rewarded prompts."""
-    from nbtoolkit.training.config import CONFIGS
-
     values = _values(config)
     method = method or getattr(config, "METHOD", None) or values.get("method") or "sft_lora"
     platform = platform or values.get("platform") or "local"
     if mix is not None and not hasattr(mix, "mixing"):
-        from nbtoolkit.mixing import MixConfig
+        from nbtoolkit.mixing.config import MixConfig  # on use: importing nbtoolkit.mixing loads its whole package
 
         mix = MixConfig.from_dict(mix)
     mixing = bool(values.get("mixing")) or (mix is not None and mix.mixing)
@@ -161,6 +169,7 @@ def advise_launch(config: Any = None, *, mix: Any = None, method: str | None = N
     if "lr" in values and method in CONFIGS:
         default_lr = CONFIGS[method].DEFAULTS.get(platform, {}).get("lr")
         advice += check_lr_while_mixing(values["lr"], default_lr, mixing)
+        advice += check_lr_far_from_default(values["lr"], default_lr)
     advice += check_reasoning_instruction_following(mix, method)
     advice += check_rai(mix)
     if "max_steps" in values:
@@ -171,6 +180,16 @@ def advise_launch(config: Any = None, *, mix: Any = None, method: str | None = N
     if method.startswith("rft"):
         advice += check_rft_baseline(positive_share)
     return AdviceList(advice)
+
+
+def warn_launch(config: Any, *, mix: Any = None, stacklevel: int = 2) -> AdviceList:
+    """advise_launch, with each warning-level advice also raised as a HyperparameterWarning (what a script or the
+    CLI sees when it launches a risky config)."""
+    advice = advise_launch(config, mix=mix)
+    for item in advice:
+        if item.level == "warning":
+            warnings.warn(item.message, HyperparameterWarning, stacklevel=stacklevel + 1)
+    return advice
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -268,6 +287,6 @@ def format_advice(advice: Sequence[Advice]) -> str:
 
 __all__ = [
     "Advice", "AdviceList", "advise_job", "advise_launch", "advise_running", "check_kl_blowup",
-    "check_loss_spikes", "check_lr_while_mixing", "check_rai", "check_reasoning_instruction_following",
-    "check_reward_collapse", "check_rft_baseline", "check_save_steps", "check_warmup", "format_advice",
+    "check_loss_spikes", "check_lr_far_from_default", "check_lr_while_mixing", "check_rai", "check_reasoning_instruction_following",
+    "check_reward_collapse", "check_rft_baseline", "check_save_steps", "check_warmup", "format_advice", "warn_launch",
 ]

@@ -22,6 +22,7 @@ from nbtoolkit.advisor import (
     check_rft_baseline,
     check_save_steps,
     check_warmup,
+    warn_launch,
 )
 from nbtoolkit.mixing import MixConfig, mix_preset
 from nbtoolkit.training.config import HyperparameterWarning, RFTLoraConfig, SFTLoraConfig
@@ -36,9 +37,9 @@ def test_lr_changed_while_mixing():
     assert check_lr_while_mixing(3e-4, None, mixing=True) == []
 
 
-def test_the_config_warns_through_the_same_check():
+def test_a_launch_warns_through_the_same_check():
     with pytest.warns(HyperparameterWarning, match="while mixing data"):
-        SFTLoraConfig.for_platform("local", mixing=True, lr=3e-4)
+        warn_launch(SFTLoraConfig.for_platform("local", mixing=True, lr=3e-4))
 
 
 def test_mix_without_reasoning_instruction_following():

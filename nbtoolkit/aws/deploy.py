@@ -29,6 +29,14 @@ from typing import Any
 from nbtoolkit.aws.errors import AwsError, error_code, error_message
 from nbtoolkit.aws.session import CREDENTIAL_VARIABLES, AwsSession
 from nbtoolkit.aws.validation import GPU_INSTANCES, check_region, check_role_arn, parse_s3_uri
+from nbtoolkit.serve.responses import (
+    InferenceError,
+    InferenceResult,
+    InferenceStream,
+    StreamingUnsupported,
+    events_from_lines,
+    result_from_body,
+)
 
 CONTAINERS = ("lmi", "tgi")
 DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"
@@ -581,8 +589,6 @@ def is_bedrock_arn(target: str) -> bool:
 
 
 def _inference_error(error: AwsError, name: str, streaming: bool):
-    from nbtoolkit.serve.client import InferenceError, StreamingUnsupported
-
     text = str(error)
     # A 404 on the streaming route: a region, VPC endpoint or emulator without InvokeEndpointWithResponseStream.
     if streaming and (error.code in ("404", "NotImplemented") or any(m in text.lower() for m in _STREAM_REFUSED)):
@@ -602,8 +608,6 @@ def invoke_endpoint(name: str, body: dict[str, Any], *, stream: bool = False,
                     started: float | None = None):
     """Send an OpenAI chat body to a SageMaker endpoint: InvokeEndpoint, or with stream=True
     InvokeEndpointWithResponseStream. Returns an InferenceResult or an InferenceStream."""
-    from nbtoolkit.serve.client import InferenceStream, events_from_lines, result_from_body
-
     aws = _aws(session, region)
     started = time.perf_counter() if started is None else started
     payload = json.dumps({**body, "stream": stream}).encode()
@@ -621,8 +625,6 @@ def invoke_endpoint(name: str, body: dict[str, Any], *, stream: bool = False,
 
 def _payload_parts(event_stream, name: str) -> Iterator[bytes]:
     from botocore.exceptions import EventStreamError
-
-    from nbtoolkit.serve.client import InferenceError
 
     try:
         for event in event_stream:
@@ -821,8 +823,6 @@ def invoke_bedrock(model_arn: str, messages: Sequence[dict[str, Any]], *, stream
                    stop: str | Sequence[str] | None = None, session: AwsSession | Any | None = None,
                    region: str | None = None, started: float | None = None):
     """Ask a Bedrock model (e.g. an imported one) through Converse / ConverseStream."""
-    from nbtoolkit.serve.client import InferenceResult, InferenceStream
-
     match = BEDROCK_ARN.match(model_arn)
     aws = _aws(session, region or (match.group("region") if match else None))
     started = time.perf_counter() if started is None else started

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from nbtoolkit.advisor import warn_launch
 from nbtoolkit.errors import NbtoolkitError, unknown_name_message
 from nbtoolkit.runtime.events import (
     COMPLETED,
@@ -43,6 +44,7 @@ from nbtoolkit.runtime.events import (
     STATUS_FILE,
     STDOUT_FILE,
     RunLog,
+    new_run_dir,
     read_json,
     read_metrics,
     utc_now,
@@ -970,8 +972,8 @@ class LocalRuntime:
             return report
         if not report.ok:
             raise LaunchError(report)
+        warn_launch(spec.config, stacklevel=2)
         if resume_from is None:
-            from nbtoolkit.runtime.events import new_run_dir
 
             run_dir = new_run_dir(self.runs_dir, spec.name).resolve()
             history: list[dict[str, Any]] = []

@@ -9,7 +9,6 @@ ent_coeff, max_new_tokens, save_steps).
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,7 +21,7 @@ PLATFORMS = ("local", "nova")
 
 
 class HyperparameterWarning(UserWarning):
-    """A value inside the bounds that the seeds advise against."""
+    """A value inside the bounds that the advisor warns about (raised at launch, never by a config)."""
 
 
 def _help(text: str, **extra: Any) -> dict:
@@ -156,21 +155,19 @@ class _TrainingFields(MethodConfig):
         if self.global_batch_size % self.micro_batch_size and self.platform == "local":
             raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of "
                              f"micro_batch_size ({self.micro_batch_size})")
-        if self.save_steps > self.max_steps:
-            raise ValueError(f"save_steps ({self.save_steps}) must be <= max_steps ({self.max_steps})")
+        problem = save_steps_problem(self.save_steps, self.max_steps)
+        if problem:
+            raise ValueError(problem)
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
-        default_lr = self.DEFAULTS.get(self.platform, {}).get("lr")
-        from nbtoolkit.advisor import check_lr_while_mixing
 
-        for advice in check_lr_while_mixing(self.lr, default_lr, self.mixing):
-            warnings.warn(advice.message, HyperparameterWarning, stacklevel=3)
-        if default_lr and not default_lr / 10 <= self.lr <= default_lr * 10:
-            warnings.warn(f"lr {self.lr:g} is more than 10x away from the calibrated default {default_lr:g}",
-                          HyperparameterWarning, stacklevel=3)
-        if self.warmup_steps > 0.5 * self.max_steps:
-            warnings.warn(f"warmup_steps {self.warmup_steps} is over half of max_steps {self.max_steps}; "
-                          "about 15% is usual", HyperparameterWarning, stacklevel=3)
+
+def save_steps_problem(save_steps: int, max_steps: int) -> str | None:
+    """The hard rule on the checkpoint interval: a save_steps beyond the run saves nothing to resume from."""
+    if save_steps <= max_steps:
+        return None
+    return (f"save_steps ({save_steps}) must be <= max_steps ({max_steps}): no checkpoint would be saved during "
+            "the run")
 
 
 _LOCAL_TRAINING_BOUNDS = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-import warnings
 from typing import Any
 
+from nbtoolkit.advisor import advise_launch
 from nbtoolkit.errors import NbtoolkitError, unknown_name_message
-from nbtoolkit.training.config import CONFIGS, PLATFORMS, HyperparameterWarning, MethodConfig
+from nbtoolkit.training.config import CONFIGS, PLATFORMS, MethodConfig
 from nbtoolkit.ui._base import WidgetView, widgets_missing_html
 from nbtoolkit.ui._widgets import add_classes, message_html, widgets
 
@@ -232,22 +232,15 @@ class HyperparameterForm(WidgetView):
         cls, platform = self.config_class, self.platform.value
         values = self._values()
         errors = dict(cls.bound_problems(platform, values))
-        caught_warnings: list[str] = []
         config = None
         if not errors:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    config = cls(platform=platform, **values)
-                except (ValueError, TypeError) as error:
-                    message = str(error)
-                    named = [n for n in self.fields if f"{n} (" in message or f"{n}=" in message] or ["(config)"]
-                    errors.update({n: message for n in named})
-            caught_warnings = [str(c.message) for c in caught if issubclass(c.category, HyperparameterWarning)]
-        if config is not None:
-            from nbtoolkit.advisor import advise_launch
-
-            caught_warnings += [a.message for a in advise_launch(config) if a.message not in caught_warnings]
+            try:
+                config = cls(platform=platform, **values)
+            except (ValueError, TypeError) as error:
+                message = str(error)
+                named = [n for n in self.fields if f"{n} (" in message or f"{n}=" in message] or ["(config)"]
+                errors.update({n: message for n in named})
+        caught_warnings = [a.message for a in advise_launch(config)] if config is not None else []
         self.errors, self.warnings = errors, caught_warnings
         defaults = cls.for_platform(platform).to_dict()
         for name, widget in self.fields.items():
