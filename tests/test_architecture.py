@@ -224,7 +224,6 @@ def test_every_module_has_a_layer():
     assert not unplaced, f"give these modules a layer in LAYER_OF: {unplaced}"
 
 
-@pytest.mark.xfail(strict=True, reason="four cycles remain; removed as they are broken")
 def test_no_import_cycle_between_modules():
     graph = import_graph()
     lines = [f"  {' -> '.join(_cycle_path(graph, members))}  (all modules involved: {', '.join(members)})"

@@ -14,7 +14,7 @@ pytest.importorskip("ipywidgets")
 from nbtoolkit.runtime import JobSpec, LocalRuntime  # noqa: E402
 from nbtoolkit.training.config import SFTLoraConfig  # noqa: E402
 from nbtoolkit.ui import HyperparameterForm, JobMonitor  # noqa: E402
-from nbtoolkit.ui.monitor import EtaClock, format_seconds  # noqa: E402
+from nbtoolkit.runtime.progress import EtaClock, format_seconds  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 

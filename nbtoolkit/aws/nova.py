@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbtoolkit.aws.validation import check_lambda_arn, check_s3_uri, launch_base_name, parse_s3_uri
-from nbtoolkit.runtime.local import Check, JobSpec, detect_format
+from nbtoolkit.runtime.checks import Check, check_config, detect_format
+from nbtoolkit.runtime.spec import JobSpec
 
 if TYPE_CHECKING:
     from nbtoolkit.aws.runtime import SageMakerRuntime
@@ -138,9 +139,7 @@ def plan_nova(runtime: SageMakerRuntime, spec: JobSpec, run_id: str) -> tuple[li
 
     config = spec.config
     if config is not None:
-        from nbtoolkit.aws.runtime import check_config_platform
-
-        checks.append(check_config_platform(config, "nova", "a Nova job needs Nova settings and bounds"))
+        checks.append(check_config(config, "nova", "a Nova job needs Nova settings and bounds"))
 
     extra = spec.extra or {}
     mode = runtime.nova_compute

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from nbtoolkit.errors import unknown_name_message
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PLATFORMS = ("local", "nova")
 
@@ -85,6 +86,8 @@ class MethodConfig:
     @classmethod
     def defaults_table(cls) -> pd.DataFrame:
         """Every hyperparameter with its local and Nova defaults, bounds and help, side by side."""
+        import pandas as pd  # on use: a job's worker reads configs without loading pandas
+
         rows = []
         for f in fields(cls):
             if f.name == "platform":
@@ -123,7 +126,7 @@ class MethodConfig:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(json.dumps({"method": self.METHOD, **self.to_dict()}, indent=2))
+        path.write_text(json.dumps(config_to_dict(self), indent=2))
         return path
 
 
@@ -304,10 +307,20 @@ CONFIGS: dict[str, type[MethodConfig]] = {c.METHOD: c for c in (SFTLoraConfig, S
                                                                    EvalConfig)}
 
 
+def config_to_dict(config: MethodConfig | None) -> dict[str, Any] | None:
+    """A config as JSON data: {"method": ..., **fields} (what MethodConfig.save writes)."""
+    return None if config is None else {"method": config.METHOD, **config.to_dict()}
+
+
+def config_from_dict(data: dict[str, Any], *, method: str | None = None) -> MethodConfig:
+    """The config `config_to_dict` wrote; `method` names the class when the data carries no "method" key."""
+    data = dict(data)
+    method = data.pop("method", None) or method
+    if method not in CONFIGS:
+        raise ValueError(unknown_name_message("config method", str(method), CONFIGS))
+    return CONFIGS[method].from_dict(data)
+
+
 def load_config(path: str | Path) -> MethodConfig:
     """A config saved with `MethodConfig.save`."""
-    data = json.loads(Path(path).read_text())
-    method = data.pop("method", None)
-    if method not in CONFIGS:
-        raise ValueError(unknown_name_message("method", str(method), CONFIGS))
-    return CONFIGS[method].from_dict(data)
+    return config_from_dict(json.loads(Path(path).read_text()))

@@ -3,6 +3,8 @@
 Works with anything that has the Job interface: `status()`, `metrics()`, `logs(tail)`, `progress()`, `cancel()`
 (LocalRuntime's Job, a SageMaker job, a test double). The polling thread only sets widget traits, so the kernel
 stays free; where widgets do not render, an HTML card updated through a display handle shows the same progress.
+The snapshot, its ETA and the HTML progress line are `nbtoolkit.runtime.progress`'s, which Job.wait and the job
+cards draw too.
 """
 
 from __future__ import annotations
@@ -12,127 +14,16 @@ import math
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from nbtoolkit.advisor import advise_running
+from nbtoolkit.runtime.progress import STATE_COLOURS, EtaClock, JobSnapshot, progress_html, take_snapshot
 from nbtoolkit.ui._base import WIDGET_MIME, WidgetView
 from nbtoolkit.ui._widgets import add_classes, figure_png, png_img, widgets
 
-DONE_STATES = ("COMPLETED", "FAILED", "STOPPED")
-STATE_COLOURS = {"COMPLETED": "#1a7f37", "FAILED": "#cf222e", "STOPPED": "#cf222e"}
-# Latest values shown beside the bar, in this order, when the job logs them.
-SHOWN_NUMBERS = ("loss", "eval_loss", "lr", "reward_mean", "eval_reward_mean", "kl", "completion_length",
-                 "entropy", "tokens_per_second", "seconds_per_step")
 MAX_POLL_FAILURES = 5
-
-
-@dataclass
-class JobSnapshot:
-    """What the monitor knows about a job at one poll."""
-
-    state: str
-    reason: str | None = None
-    done: bool = False
-    phase: str | None = None
-    step: int | None = None
-    total: int | None = None
-    eta_seconds: float | None = None
-    numbers: dict[str, float] = field(default_factory=dict)
-    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
-    logs: str = ""
-
-    @property
-    def fraction(self) -> float | None:
-        return min(1.0, self.step / self.total) if self.total and self.step is not None else None
-
-
-class EtaClock:
-    """Seconds left in the current phase, from the steps this monitor saw go by (else the job's own elapsed)."""
-
-    def __init__(self) -> None:
-        self.phase: str | None = None
-        self.first: tuple[float, int] | None = None
-
-    def update(self, phase: str | None, step: int, total: int, *, elapsed: float | None = None,
-               now: float | None = None) -> float | None:
-        now = time.monotonic() if now is None else now
-        if self.first is None or phase != self.phase or step < self.first[1]:
-            self.phase, self.first = phase, (now, step)
-        if step >= total:
-            return 0.0
-        seen_time, seen_step = self.first
-        if step > seen_step and now > seen_time:
-            return (now - seen_time) / (step - seen_step) * (total - step)
-        if elapsed and step > 0:
-            return elapsed / step * (total - step)
-        return None
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def _status_parts(status: Any) -> tuple[str, str | None, bool]:
-    """(state, reason, done) from a JobStatus, a dict or a plain string."""
-    if isinstance(status, str):
-        state, reason, done = status, None, None
-    elif isinstance(status, dict):
-        state, reason, done = str(status.get("state", "UNKNOWN")), status.get("reason"), status.get("done")
-    else:
-        state, reason, done = str(getattr(status, "state", status)), getattr(status, "reason", None), \
-            getattr(status, "done", None)
-    if done is None:
-        done = state.upper() in DONE_STATES
-    return state, reason, bool(done)
-
-
-def _metrics_frame(metrics: Any) -> pd.DataFrame:
-    if metrics is None:
-        return pd.DataFrame()
-    return metrics if isinstance(metrics, pd.DataFrame) else pd.DataFrame(list(metrics))
-
-
-def _latest(metrics: pd.DataFrame) -> dict[str, float]:
-    numbers = {}
-    for name in SHOWN_NUMBERS:
-        if name in metrics:
-            values = pd.to_numeric(metrics[name], errors="coerce").dropna()
-            if len(values):
-                numbers[name] = float(values.iloc[-1])
-    return numbers
-
-
-def take_snapshot(job: Any, clock: EtaClock, tail: int = 15) -> JobSnapshot:
-    """Poll `job` once."""
-    state, reason, done = _status_parts(job.status())
-    metrics = _metrics_frame(job.metrics())
-    progress = job.progress() if hasattr(job, "progress") else None
-    phase = step = total = eta = None
-    if progress and progress.get("total"):
-        phase, step, total = progress.get("phase"), int(progress.get("step") or 0), int(progress["total"])
-        eta = clock.update(phase, step, total, elapsed=progress.get("elapsed"))
-    elif "step" in metrics and len(metrics):
-        config = getattr(getattr(job, "spec", None), "config", None)
-        total = getattr(config, "max_steps", None)
-        step = int(pd.to_numeric(metrics["step"], errors="coerce").max())
-        if total:
-            eta = clock.update("train", step, int(total))
-    if done:
-        eta = None
-    return JobSnapshot(state, reason, done, phase, step, total, eta, _latest(metrics), metrics,
-                       str(job.logs(tail) or ""))
-
-
-def _number(value: float) -> str:
-    return f"{value:.4g}"
 
 
 def snapshot_html(title: str, snapshot: JobSnapshot, curves_png: bytes | None = None, *, css_class: str = "") -> str:
@@ -142,11 +33,9 @@ def snapshot_html(title: str, snapshot: JobSnapshot, curves_png: bytes | None = 
              f'padding:6px 10px;font-size:13px"><b>{html.escape(title)}</b> '
              f'<span style="color:{colour};font-weight:bold">{html.escape(snapshot.state)}</span>'
              + (f" - {html.escape(str(snapshot.reason))}" if snapshot.reason else "")]
-    if snapshot.total:
-        parts.append(f'<br><progress value="{snapshot.step or 0}" max="{snapshot.total}" style="width:240px">'
-                     f"</progress> {html.escape(_progress_text(snapshot))}")
-    if snapshot.numbers:
-        parts.append("<br>" + html.escape(" · ".join(f"{k} {_number(v)}" for k, v in snapshot.numbers.items())))
+    parts.append(progress_html(snapshot))
+    if snapshot.numbers and not snapshot.total:
+        parts.append("<br>" + html.escape(snapshot.numbers_text))
     if curves_png:
         parts.append("<br>" + png_img(curves_png, "training curves"))
     if snapshot.logs:
@@ -154,15 +43,6 @@ def snapshot_html(title: str, snapshot: JobSnapshot, curves_png: bytes | None = 
     if not snapshot.done:
         parts.append("<span style='color:#57606a'>stop it with job.cancel()</span>")
     return "".join(parts) + "</div>"
-
-
-def _progress_text(snapshot: JobSnapshot) -> str:
-    if not snapshot.total:
-        return ""
-    text = f"{snapshot.phase or 'step'} {snapshot.step}/{snapshot.total}"
-    if snapshot.eta_seconds is not None:
-        text += f" · ETA {format_seconds(snapshot.eta_seconds)}"
-    return text
 
 
 class JobMonitor(WidgetView):
@@ -242,9 +122,9 @@ class JobMonitor(WidgetView):
                 self.bar.value = 1.0
             self.bar.bar_style = ("success" if snapshot.state.upper() == "COMPLETED" else
                                   "danger" if snapshot.done else "info")
-            self.progress_text.value = html.escape(_progress_text(snapshot))
-            self.numbers.value = ("<span style='font-family:monospace;font-size:12px'>" + html.escape(
-                " · ".join(f"{k} {_number(v)}" for k, v in snapshot.numbers.items())) + "</span>")
+            self.progress_text.value = html.escape(snapshot.progress_text)
+            self.numbers.value = ("<span style='font-family:monospace;font-size:12px'>"
+                                  + html.escape(snapshot.numbers_text) + "</span>")
             advice = advise_running(snapshot.metrics)
             self.advice.value = advice._repr_html_() if advice else ""
             self._draw_curves(snapshot.metrics, force=snapshot.done)
