@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from nbtoolkit.errors import NbtoolkitError
+from nbtoolkit.stages import PROFILES
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -123,7 +124,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--answer", "--label-col", dest="answer", help="answer / label column")
     p.add_argument("--system-prompt", help="one system prompt for every row")
     p.add_argument("--labels", type=_labels, help="label set, e.g. HQ,LQ_EDIT,LQ_CLOSE")
-    p.add_argument("--profile", default="quick", choices=["tiny", "quick", "standard"],
+    p.add_argument("--profile", default="quick", choices=list(PROFILES),
                    help="tiny: random model, about a minute; quick: ~15 min; standard: calibrated full fine-tuning")
     p.add_argument("--model", help="model name, Hugging Face id or local path (default: the profile's)")
     p.add_argument("--stages", default="baseline,sft,rft", help="comma-separated subset of baseline,sft,rft")

@@ -40,10 +40,11 @@ LAYER_OF = {
     "nbtoolkit.plots": "training",            # figures of training and evaluation results, no widgets
     "nbtoolkit.tracking": "training",         # the worker's MLflow tracker
     "nbtoolkit.runtime": "runtime",
+    # The stage list, profiles and stages.json: written by the pipeline and the workspace, read by the ui.
+    "nbtoolkit.stages": "runtime",
     "nbtoolkit.aws": "cloud",
     "nbtoolkit.serve": "cloud",
     "nbtoolkit.ui": "ui",
-    "nbtoolkit.stages": "orchestration",
     "nbtoolkit.pipeline": "orchestration",
     "nbtoolkit.workspace": "orchestration",
     "nbtoolkit.sweeps": "orchestration",
