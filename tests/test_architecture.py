@@ -250,7 +250,6 @@ def test_layer_exceptions_are_still_needed():
     assert not stale, f"remove these from LAYER_EXCEPTIONS, the import is gone: {stale}"
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/local.py, aws/runtime.py and data/synthetic.py are being split")
 def test_modules_stay_small():
     too_long = {}
     for path in MODULES.values():
