@@ -1,5 +1,6 @@
-"""Seed 004's guidance as checks: before a launch (hyperparameters, data mix, RFT baseline) and while a job runs
-(loss spikes, reward collapse, KL blow-up).
+"""Hyperparameter and data-mixing advice as checks: before a launch (hyperparameters, data mix, RFT baseline) and
+while a job runs (loss spikes, reward collapse, KL blow-up). The rules and their sources: docs/hyperparameters.md
+and docs/data-mixing.md.
 
 Each check is a small pure function returning a list of `Advice` (empty when all is well); `advise_launch` and
 `advise_running` run the ones that apply, `advise_job` both for a launched job. Forms and notebooks show the
@@ -18,7 +19,7 @@ from typing import Any
 
 from nbtoolkit.training.config import CONFIGS, HyperparameterWarning, save_steps_problem
 
-WARMUP_SHARE = 0.15            # seed 004: warmup about 15% of max_steps ...
+WARMUP_SHARE = 0.15            # warmup about 15% of max_steps ...
 WARMUP_BAND = (0.05, 0.30)     # ... advice when outside this band
 POSITIVE_SHARE_LOW = 0.05      # RFT: under this share of prompts with positive reward, do SFT first
 POSITIVE_SHARE_HIGH = 0.95     # RFT: above it nearly every reply scores the same
@@ -51,13 +52,13 @@ class AdviceList(list):
     """A list of Advice that shows as plain lines or an HTML list in a notebook."""
 
     def __str__(self) -> str:
-        return "\n".join(map(str, self)) if self else "no advice: nothing seed 004 warns about"
+        return "\n".join(map(str, self)) if self else "no advice: nothing the advisor warns about"
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
         if not self:
-            return '<div class="nbt-advice nbt-advice-empty">No advice: nothing seed 004 warns about.</div>'
+            return '<div class="nbt-advice nbt-advice-empty">No advice: nothing the advisor warns about.</div>'
         colours = {"info": "#0969da", "warning": "#9a6700", "error": "#cf222e"}
         items = "".join(f'<li class="nbt-advice-{a.level}"><b style="color:{colours[a.level]}">{a.level}</b> '
                         f"{html.escape(a.message)}</li>" for a in self)
@@ -73,12 +74,12 @@ class AdviceList(list):
 
 
 def check_lr_while_mixing(lr: float, default_lr: float | None, mixing: bool) -> list[Advice]:
-    """Changing the learning rate while mixing data is the most common cause of instability (seed 004)."""
+    """Changing the learning rate while mixing data is the most common cause of instability."""
     if not mixing or default_lr is None or math.isclose(lr, default_lr, rel_tol=1e-9):
         return []
     return [Advice("lr-while-mixing", "warning",
                    f"lr {lr:g} differs from the default {default_lr:g} while mixing data: the most common cause of "
-                   "unstable training with data mixing (seed 004); keep the default or change it in small steps",
+                   "unstable training with data mixing; keep the default or change it in small steps",
                    field="lr")]
 
 
@@ -91,27 +92,27 @@ def check_lr_far_from_default(lr: float, default_lr: float | None) -> list[Advic
 
 
 def check_reasoning_instruction_following(mix: Any, method: str = "sft_lora") -> list[Advice]:
-    """SFT with mixing should always include reasoning-instruction-following (seed 004)."""
+    """SFT with mixing should always include reasoning-instruction-following."""
     if mix is None or not mix.mixing or not method.startswith("sft"):
         return []
     if mix.weight("reasoning-instruction-following") > 0:
         return []
     return [Advice("mix-without-reasoning-instruction-following", "warning",
                    "the mix has no reasoning-instruction-following data: for SFT always include it; skipping it is "
-                   "a common cause of degraded reasoning after fine-tuning (seed 004)",
+                   "a common cause of degraded reasoning after fine-tuning",
                    field="reasoning-instruction-following")]
 
 
 def check_rai(mix: Any) -> list[Advice]:
-    """Keep responsible-AI data non-zero when mixing (seed 001)."""
+    """Keep responsible-AI data non-zero when mixing."""
     if mix is None or not mix.mixing or mix.weight("rai") > 0:
         return []
-    return [Advice("rai-zero", "warning", "rai is 0 in the mix: keep it non-zero to preserve safety behaviour "
-                   "(seed 001)", field="rai")]
+    return [Advice("rai-zero", "warning", "rai is 0 in the mix: keep it non-zero to preserve safety behaviour",
+                   field="rai")]
 
 
 def check_warmup(warmup_steps: int, max_steps: int) -> list[Advice]:
-    """Warmup about 15% of max_steps (seed 004)."""
+    """Warmup about 15% of max_steps."""
     if max_steps <= 0:
         return []
     share = warmup_steps / max_steps
@@ -136,7 +137,7 @@ def check_rft_baseline(positive_share: float | None) -> list[Advice]:
         return [Advice("rft-low-baseline", "warning",
                        f"the starting model earns a positive reward on {positive_share:.1%} of prompts (under "
                        f"{POSITIVE_SHARE_LOW:.0%}): RFT has almost nothing to reinforce; do SFT first and start RFT "
-                       "from the SFT model (seed 004)", field="positive_share")]
+                       "from the SFT model", field="positive_share")]
     if positive_share > POSITIVE_SHARE_HIGH:
         return [Advice("rft-high-baseline", "info",
                        f"the starting model already earns a positive reward on {positive_share:.1%} of prompts: "
@@ -226,7 +227,7 @@ def check_loss_spikes(metrics: Any, *, factor: float = SPIKE_FACTOR, window: int
             return [Advice("loss-spike", "warning",
                            f"loss spike at step {step}: {loss:.3g} is over {factor:g}x the median of the previous "
                            f"{len(recent)} logged losses ({statistics.median(recent):.3g}); if it recurs, lower lr "
-                           "(seed 004: with data mixing the lr is the first suspect)", field="lr", step=step)]
+                           "(with data mixing the lr is the first suspect)", field="lr", step=step)]
         history.append(loss)
     return []
 
@@ -287,6 +288,7 @@ def format_advice(advice: Sequence[Advice]) -> str:
 
 __all__ = [
     "Advice", "AdviceList", "advise_job", "advise_launch", "advise_running", "check_kl_blowup",
-    "check_loss_spikes", "check_lr_far_from_default", "check_lr_while_mixing", "check_rai", "check_reasoning_instruction_following",
+    "check_loss_spikes", "check_lr_far_from_default", "check_lr_while_mixing", "check_rai",
+    "check_reasoning_instruction_following",
     "check_reward_collapse", "check_rft_baseline", "check_save_steps", "check_warmup", "format_advice", "warn_launch",
 ]

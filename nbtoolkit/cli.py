@@ -40,7 +40,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id", help="row id column (RFT)")
     p.add_argument("--metadata", action="append", help="extra columns carried along (RFT, eval)")
     p.add_argument("--labels", type=_labels, help="declared label set, e.g. HQ,LQ_EDIT,LQ_CLOSE")
-    p.add_argument("--split", default="seed-003", help="split preset, or 'none' (default: seed-003)")
+    p.add_argument("--split", default="sft-eval-rft", help="split preset, or 'none' (default: sft-eval-rft)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-scale", action="store_true", help="fail instead of shrinking the preset to fit the data")
     p.add_argument("--reserved", default="rewrite", choices=["rewrite", "drop", "reject"],
@@ -116,7 +116,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="the main job: baseline eval -> SFT -> eval -> RFT -> eval",
                        description="Writes stages.json, per-stage predictions and report.html into --out.")
     data = p.add_mutually_exclusive_group()
-    data.add_argument("--data", help="one file, split with the seed 003 recipe (default: synthetic data)")
+    data.add_argument("--data", help="one file, split sft/eval/rft (default: synthetic data)")
     data.add_argument("--train", help="training file (SFT and RFT rows); needs --eval")
     p.add_argument("--eval", help="evaluation file, rows never trained on")
     p.add_argument("--question", "--text-col", dest="question", action="append",

@@ -26,7 +26,7 @@ from nbtoolkit.training.config import CONFIGS, EvalConfig, RFTLoraConfig
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What the main job runs. Give `data` (split with the seed 003 recipe), or `train` and `eval` files."""
+    """What the main job runs. Give `data` (split sft/eval/rft), or `train` and `eval` files."""
 
     data: str | None = field(default=None, metadata={"help": "one input file, split sft/eval/rft; None: synthetic"})
     train: str | None = field(default=None, metadata={"help": "training file (SFT and RFT rows)"})
@@ -54,7 +54,7 @@ class PipelineConfig:
         if unknown:
             raise ValueError(unknown_name_message("stage", unknown[0], STAGES))
         if "rft" in self.stages and "sft" not in self.stages:
-            raise ValueError("RFT starts from the SFT checkpoint: include the sft stage (seed 004 advice)")
+            raise ValueError("RFT starts from the SFT checkpoint: include the sft stage")
 
 
 @dataclass

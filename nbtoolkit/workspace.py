@@ -93,7 +93,7 @@ class Workspace:
         missing = [s for s in ("sft", "eval", "rft") if s not in splits]
         if missing:
             raise NbtoolkitError(f"{self.data_dir} has splits {sorted(splits)}, the stages need sft, eval and rft: "
-                                 "prepare with split='seed-003'")
+                                 "prepare with split='sft-eval-rft'")
         labels = manifest.get("labels")
         return DataFiles(self.data_dir / "sft/chat.jsonl", self.data_dir / "eval/chat.jsonl",
                          self.data_dir / "rft/rft.jsonl", tuple(labels) if labels else None)
@@ -143,8 +143,8 @@ class Workspace:
 
         files = self.data_files()
         if stage == "sft":
-            spec = dict(kind=self.profile.sft_method, config=self.sft_config(), model=self.base_model(), train_file=str(files.sft),
-                        eval_file=str(files.eval), labels=files.labels, name="sft")
+            spec = dict(kind=self.profile.sft_method, config=self.sft_config(), model=self.base_model(),
+                        train_file=str(files.sft), eval_file=str(files.eval), labels=files.labels, name="sft")
         elif stage == "rft":
             spec = dict(kind="rft_lora", config=self.rft_config(), model=self.ensure_model("sft"),
                         train_file=str(files.rft), labels=files.labels, name="rft")

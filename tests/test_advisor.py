@@ -1,4 +1,4 @@
-"""The advisor: each of seed 004's checks fires when it should and stays silent otherwise."""
+"""The advisor: each of its checks fires when it should and stays silent otherwise."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_mix_without_reasoning_instruction_following():
 def test_rai_at_zero():
     assert check_rai(MixConfig(50, {"reasoning-instruction-following": 100}))[0].code == "rai-zero"
     assert check_rai(GOOD_MIX) == []
-    assert check_rai(mix_preset("seed-001")) == []
+    assert check_rai(mix_preset("all-categories-50")) == []
     assert check_rai(MixConfig.customer_only()) == []
 
 

@@ -36,8 +36,8 @@ def test_weights_off_100_are_read_normalized_until_normalize_writes_them_back():
 
 def test_presets_set_every_slider_and_editing_marks_the_form_custom():
     form = MixForm()
-    form.preset.value = "seed-001"
-    assert form.value == mix_preset("seed-001")
+    form.preset.value = "all-categories-50"
+    assert form.value == mix_preset("all-categories-50")
     assert form.sliders["reasoning-instruction-following"].value == 45 and form.customer.value == 50
     form.customer.value = 70
     assert form.preset.value == "custom" and form.value.customer_data_percent == 70
@@ -68,7 +68,7 @@ def test_a_form_over_some_categories_only():
     form = MixForm(categories=["chat", "rai", "reasoning-instruction-following"])
     assert set(form.sliders) == {"chat", "rai", "reasoning-instruction-following"}
     assert set(form.value.category_weights) <= set(form.sliders)
-    form.preset.value = "seed-001"
+    form.preset.value = "all-categories-50"
     assert set(form.value.category_weights) == set(form.sliders) and "not shown here" in form.status.value
     with pytest.raises(MixError, match="does not show math"):
         form.value = MixConfig(50, {"math": 100})

@@ -28,7 +28,7 @@ def kaggle_frame(n=90):
 def test_kaggle_schema_is_mapped_cleaned_split_and_validated():
     frame = kaggle_frame()
     frame.loc[4, "Body"] = "<p>User: please help</p>"
-    prepared = prepare_dataset(frame, PrepareConfig(split="seed-003"))
+    prepared = prepare_dataset(frame, PrepareConfig(split="sft-eval-rft"))
     assert prepared.schema == "kaggle-stackoverflow"
     assert prepared.mapping.question == ("Title", "Body") and prepared.mapping.answer == ("Y",)
     assert prepared.mapping.system_prompt == STACKOVERFLOW_SYSTEM_PROMPT

@@ -32,7 +32,7 @@ def test_known_schema_is_suggested_and_previewed(stackoverflow):
     assert (form.question.value, list(form.question_more.value), form.answer.value) == ("Title", ["Body"], "Y")
     assert form.system_prompt.value.startswith("This is a stack overflow question")
     config = form.value
-    assert isinstance(config, PrepareConfig) and config.split == "seed-003"
+    assert isinstance(config, PrepareConfig) and config.split == "sft-eval-rft"
     assert config.mapping == ColumnMapping(question=("Title", "Body"), answer="Y",
                                            system_prompt=form.system_prompt.value)
     assert "schemaVersion" in form.preview.value and "rows 1-3 of 120" in form.preview.value

@@ -58,8 +58,8 @@ def test_stage_table_has_deltas_overall_change_and_stderr(stages):
     assert table.loc["label_accuracy", "Δ rft − baseline"] == pytest.approx(5 / 6 - 2 / 6)
     stderr = stages["rft"].metrics["label_accuracy_stderr"]
     assert f"0.833 ± {stderr:.3f}" in view.styler().to_html()
-    seed = view.seed_table().to_html()
-    assert "rouge2" in seed and "bleu_lighteval_legacy" in seed and "seed 003" in seed
+    final = view.final_table().to_html()
+    assert "rouge2" in final and "bleu_lighteval_legacy" in final and "case study" in final
 
 
 def test_figures_show_every_stage(stages):

@@ -1,6 +1,6 @@
 """Deploy a fine-tuned model to a SageMaker real-time endpoint or import it into Bedrock; invoke it; clean up.
 
-SageMaker (seed 003, step 4 and 5):
+SageMaker (the case study's deploy, invoke and cleanup steps; docs/deploy.md):
 
     deployment = deploy_model("s3://bucket/models/sft/", DeployConfig("so-classifier"), session=AwsSession("us-east-1"))
     invoke_inference(deployment, "Classify ...", stream=True).show()
@@ -354,7 +354,7 @@ def ensure_role(aws: AwsSession, role_name: str, *, service: str, policy: dict[s
 
 def delete_role(role: str, *, session: AwsSession | Any | None = None, region: str | None = None,
                 progress: Progress | None = print) -> bool:
-    """Delete an IAM role the way seed 003's cleanup does: detach managed policies, delete inline ones, remove it
+    """Delete an IAM role the way the case study's cleanup does: detach managed policies, delete inline ones, remove it
     from instance profiles, then delete it. Accepts a name or an ARN; False when it did not exist."""
     name = role.rsplit("/", 1)[-1]
     aws = _aws(session, region)
@@ -506,7 +506,7 @@ def wait_for_endpoint(deployment: Deployment | str, *, session: AwsSession | Any
 def delete_deployment(deployment: Deployment | str, *, session: AwsSession | Any | None = None,
                       region: str | None = None, delete_role: bool | None = None,
                       progress: Progress | None = print) -> dict[str, list[str]]:
-    """Delete the endpoint, its endpoint config and model(s), and the execution role (seed 003's cleanup).
+    """Delete the endpoint, its endpoint config and model(s), and the execution role (the case study's cleanup).
 
     A Deployment names everything; an endpoint name is looked up (DescribeEndpoint, DescribeEndpointConfig).
     The role is deleted when deploy_model created it (delete_role=None), or as delete_role says. Resources already

@@ -35,7 +35,7 @@ COMPUTE_MODES = ("training_job", "serverless", "hyperpod")
 # kind -> (SDK class, training type, record format of train_file)
 NOVA_KINDS = {"sft_lora": ("SFTTrainer", "LORA", "converse"), "sft_full": ("SFTTrainer", "FULL", "converse"),
               "rft_lora": ("RLVRTrainer", "LORA", "rft"), "eval": ("CustomScorerEvaluator", None, "gen_qa")}
-# Config fields sent as recipe overrides, per kind (names as in the Nova recipes and the seed's overrides).
+# Config fields sent as recipe overrides, per kind (names as in the Nova recipes; docs/hyperparameters.md).
 NOVA_HYPERPARAMETERS = {
     "sft_lora": ("lr", "warmup_steps", "max_steps", "global_batch_size", "max_length", "save_steps", "alpha",
                  "lora_plus_lr_ratio"),

@@ -42,7 +42,8 @@ class PrepareConfig:
         "help": "column mapping; None: identity when names match, else the known schema's suggestion"})
     labels: tuple[str, ...] | None = field(default=None, metadata={
         "help": "declared label set; None: inferred when the answers look categorical"})
-    split: str | None = field(default="seed-003", metadata={"help": "split preset name, or None for one 'all' split"})
+    split: str | None = field(default="sft-eval-rft", metadata={
+        "help": "split preset name, or None for one 'all' split"})
     seed: int = field(default=0, metadata={"help": "seed for the split"})
     scale_to_fit: bool = field(default=True, metadata={"help": "shrink the preset's sizes to fit a smaller dataset"})
     reserved: str = field(default="rewrite", metadata={"help": "reserved strings: rewrite, drop or reject"})

@@ -13,7 +13,7 @@ import pandas as pd
 
 from nbtoolkit.data.rows import row_numbers
 
-# Case-sensitive substrings that clash with the Nova chat template (REFERENCE.md §3).
+# Case-sensitive substrings that clash with the Nova chat template (docs/nova-data-formats.md).
 RESERVED_ROLE_MARKERS = (
     "System:", "SYSTEM:", "User:", "USER:", "Bot:", "BOT:", "Assistant:", "ASSISTANT:", "Thought:",
 )
@@ -35,7 +35,7 @@ def find_reserved(text: str) -> list[str]:
 
 
 def rewrite_reserved(text: str) -> str:
-    """Seed 001's rewrite: a space before the colon of role markers, bracket tokens removed."""
+    """The rewrite: a space before the colon of role markers, bracket tokens removed."""
     text = _ROLE_MARKER_RE.sub(r"\1 :", text)
     return _RESERVED_TOKEN_RE.sub("", text)
 
@@ -140,7 +140,7 @@ def sanitize_frame(
     """Return a sanitized copy of `frame`; the input frame is never modified.
 
     `html_columns` are converted from HTML to text first. Reserved strings in `text_columns` are rewritten
-    (seed 001's rule), or their rows dropped, or left in place for the validator to reject ("reject").
+    (a space before the colon), or their rows dropped, or left in place for the validator to reject ("reject").
     Row numbers in the record are the input row numbers (see `rows.number_rows`).
     """
     if reserved not in RESERVED_MODES:

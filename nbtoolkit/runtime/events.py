@@ -27,7 +27,7 @@ STDOUT_FILE = "stdout.log"
 PID_FILE = "worker.pid"
 CHECKPOINT_DIR = "checkpoints"
 
-# Job states, as the SageMaker path reports them (REFERENCE.md §1); a stop is FAILED with stopped=True.
+# Job states, as the SageMaker path reports them (docs/case-study.md); a stop is FAILED with stopped=True.
 IN_PROGRESS = "IN_PROGRESS"
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"

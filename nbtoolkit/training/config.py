@@ -1,8 +1,8 @@
 """Hyperparameter configs per method, with help text, bounds and two sets of defaults side by side.
 
-`local` defaults are calibrated for the embedded 135M model on a CPU; `nova` defaults and bounds are those of
-REFERENCE.md §5 for the SageMaker path. Field names follow the seed's override names (lr, warmup_steps,
-max_steps, global_batch_size, max_length, alpha; number_generation, kl_loss_coef, temperature, top_k,
+`local` defaults are calibrated for the embedded 135M model on a CPU; `nova` defaults and bounds are Amazon Nova's
+published ones for the SageMaker path (docs/hyperparameters.md). Field names follow the Nova override names (lr,
+warmup_steps, max_steps, global_batch_size, max_length, alpha; number_generation, kl_loss_coef, temperature, top_k,
 ent_coeff, max_new_tokens, save_steps).
 """
 

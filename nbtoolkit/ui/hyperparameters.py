@@ -14,7 +14,7 @@ from nbtoolkit.ui._base import WidgetView, widgets_missing_html
 from nbtoolkit.ui._widgets import add_classes, message_html, widgets
 
 PLATFORM_TITLES = {"local": "local: calibrated for the embedded 135M model on a CPU",
-                   "nova": "Nova: Amazon Nova on SageMaker (REFERENCE.md §5 bounds)"}
+                   "nova": "Nova: Amazon Nova on SageMaker (its published bounds, docs/hyperparameters.md)"}
 _STYLE = """<style>
 .nbt-hp-form .nbt-invalid input, .nbt-hp-form .nbt-invalid select { border: 2px solid #cf222e !important; }
 .nbt-hp-form .nbt-warned input { border: 2px solid #d4a72c !important; }
@@ -64,7 +64,7 @@ class HyperparameterForm(WidgetView):
     """Edit one method's hyperparameters and launch its job.
 
     Fields come from the config dataclass (help text as tooltips, the active platform's bounds checked on every
-    change); the local and Nova defaults stand side by side. Out-of-bounds values and seed 004's advice show inline
+    change); the local and Nova defaults stand side by side. Out-of-bounds values and the advisor's advice show inline
     and are never raised by the form. "Dry run" shows `runtime.launch(spec, dry_run=True)`; "Launch" starts the job
     and a JobMonitor. Headless: `form.value` (the config), `form.spec`, `form.dry_run()`, `form.launch_job()`.
     `runtime` is a LocalRuntime (default: LocalRuntime("runs")) or anything with `launch(spec, dry_run=...)`.

@@ -67,7 +67,7 @@ class ColumnMappingForm(WidgetView):
     """
 
     def __init__(self, data: str | os.PathLike | pd.DataFrame | None = None, labels: Any = None,
-                 method: str = "sft", *, out_dir: str | os.PathLike = "prepared", split: str | None = "seed-003",
+                 method: str = "sft", *, out_dir: str | os.PathLike = "prepared", split: str | None = "sft-eval-rft",
                  preview_rows: int = 3) -> None:
         w = widgets()
         if method not in METHODS:
@@ -109,7 +109,7 @@ class ColumnMappingForm(WidgetView):
                                 layout=wide)
         self.seed = w.IntText(value=0, description="seed")
         self.reserved = w.Dropdown(options=RESERVED_MODES, value="rewrite", description="reserved strings",
-                                   tooltip="rewrite (seed 001: 'User:' -> 'User :'), drop the row, or reject")
+                                   tooltip="rewrite ('User:' -> 'User :'), drop the row, or reject")
         self.platform = w.Dropdown(options=PLATFORMS, value="local", description="row bounds",
                                    tooltip="which platform's row-count bounds to check")
         self.html_columns = w.TagsInput(allow_duplicates=False,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from nbtoolkit.errors import NbtoolkitError
 from nbtoolkit.plots import (
-    SEED_TABLE_METRICS,
+    FINAL_TABLE_METRICS,
     STAGE_METRICS,
     confusion_matrix_figure,
     per_class_figure,
@@ -124,9 +124,9 @@ class ResultsView(WidgetView):
         return None if table is None else stage_table_styler(
             table, "Domain and general ability by stage (retention: drift from the base model)")
 
-    def seed_table(self):
-        """Seed 003's final table (ROUGE, exact match, F1, BLEU) for these stages."""
-        return self.styler(SEED_TABLE_METRICS, caption="Final result analysis (seed 003's metrics)")
+    def final_table(self):
+        """The case study's final table (ROUGE, exact match, F1, BLEU) for these stages (docs/metrics.md)."""
+        return self.styler(FINAL_TABLE_METRICS, caption="Final result analysis (the case study's metrics)")
 
     def confusion_figure(self, *, normalize: bool = False) -> Figure:
         """The stages' confusion matrices side by side (true label rows, predicted columns)."""
