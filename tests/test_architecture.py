@@ -298,3 +298,9 @@ def test_function_level_relative_and_lazy_imports_all_count():
     assert "nbtoolkit.aws.session" in graph["nbtoolkit.tracking"]
     assert _lazy_exports("nbtoolkit.runtime")["JobSpec"] in graph["nbtoolkit.ui.hyperparameters"]
     assert "nbtoolkit.runtime" not in graph["nbtoolkit.ui.hyperparameters"]
+
+
+def test_the_architecture_page_draws_every_layer():
+    page = (PACKAGE_DIR.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [layer for layer in LAYERS if f'{layer}["' not in page]
+    assert not missing, f"docs/architecture.md's diagram lacks the layers {missing}"
