@@ -64,19 +64,6 @@ def check_gpu_memory(spec: JobSpec, parameters: int | None, instance_type: str) 
                  f"{advice}")
 
 
-def check_config_platform(config: Any, platform: str, why: str) -> Check:
-    """The config's bounds hold and it was made for `platform` (local trainer or Nova recipe)."""
-    try:
-        type(config).from_dict(config.to_dict())  # re-runs the bounds
-    except ValueError as error:
-        return Check("config", False, str(error))
-    if config.platform != platform:
-        return Check("config", False, f"platform={config.platform!r}: {why}; use "
-                     f"{type(config).__name__}.for_platform({platform!r}, ...)")
-    changed = ", ".join(f"{k}={v}" for k, v in config.changed().items()) or "defaults"
-    return Check("config", True, f"{config.METHOD} {platform} ({changed})")
-
-
 def hf_training_image(region: str) -> str:
     """The Hugging Face PyTorch GPU training image URI of `region`, read from the SageMaker SDK's image table
     (the table sagemaker.core.image_uris.retrieve reads, without importing the SDK)."""
