@@ -28,6 +28,6 @@ TASKS: dict[str, TaskPreset] = {
         "stackoverflow-quality",
         labels=("HQ", "LQ_EDIT", "LQ_CLOSE"),
         system_prompt=STACKOVERFLOW_SYSTEM_PROMPT,
-        description="classify a Stack Overflow question as HQ, LQ_EDIT or LQ_CLOSE (the case study of docs/case-study.md)",
+        description="classify a Stack Overflow question as HQ, LQ_EDIT or LQ_CLOSE (docs/case-study.md)",
     ),
 }
