@@ -4,7 +4,7 @@
     nice -n 10 .venv/bin/python benchmarks/forgetting.py --steps 60 --bench-limit 500 --eval-rows 200   # 30 min
     nice -n 10 .venv/bin/python benchmarks/forgetting.py --small          # plumbing check (a few minutes)
 
-Runs, each an SFT (LoRA) job on the same Stack Overflow rows (seed 003 split of so_quality_6750.parquet):
+Runs, each an SFT (LoRA) job on the same Stack Overflow rows (sft-eval-rft split of so_quality_6750.parquet):
   customer-high  customer data only at a high learning rate (--high-lr, 10x the calibrated 2e-4 by default)
   mix-high       a 50/50 mix (balanced-50 category weights) at the same high learning rate
   (--runs adds mix-default / customer-default: the calibrated learning rate)

@@ -1,5 +1,6 @@
-"""Seed 004's guidance as checks: before a launch (hyperparameters, data mix, RFT baseline) and while a job runs
-(loss spikes, reward collapse, KL blow-up).
+"""Hyperparameter and data-mixing advice as checks: before a launch (hyperparameters, data mix, RFT baseline) and
+while a job runs (loss spikes, reward collapse, KL blow-up). The rules and their sources: docs/hyperparameters.md
+and docs/data-mixing.md.
 
 Each check is a small pure function returning a list of `Advice` (empty when all is well); `advise_launch` and
 `advise_running` run the ones that apply, `advise_job` both for a launched job. Forms and notebooks show the
@@ -11,17 +12,21 @@ from __future__ import annotations
 import html
 import math
 import statistics
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-WARMUP_SHARE = 0.15            # seed 004: warmup about 15% of max_steps ...
+from nbtoolkit.training.config import CONFIGS, HyperparameterWarning, save_steps_problem
+
+WARMUP_SHARE = 0.15            # warmup about 15% of max_steps ...
 WARMUP_BAND = (0.05, 0.30)     # ... advice when outside this band
 POSITIVE_SHARE_LOW = 0.05      # RFT: under this share of prompts with positive reward, do SFT first
 POSITIVE_SHARE_HIGH = 0.95     # RFT: above it nearly every reply scores the same
 SPIKE_FACTOR = 2.0             # a loss over this multiple of the recent median is a spike ...
 SPIKE_WINDOW = 10              # ... over the previous (up to) this many logged losses
 SPIKE_MIN_HISTORY = 5
+LR_FACTOR = 10.0               # an lr this many times away from the calibrated default is advised against
 LEVELS = ("info", "warning", "error")
 
 
@@ -47,13 +52,13 @@ class AdviceList(list):
     """A list of Advice that shows as plain lines or an HTML list in a notebook."""
 
     def __str__(self) -> str:
-        return "\n".join(map(str, self)) if self else "no advice: nothing seed 004 warns about"
+        return "\n".join(map(str, self)) if self else "no advice: nothing the advisor warns about"
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
         if not self:
-            return '<div class="nbt-advice nbt-advice-empty">No advice: nothing seed 004 warns about.</div>'
+            return '<div class="nbt-advice nbt-advice-empty">No advice: nothing the advisor warns about.</div>'
         colours = {"info": "#0969da", "warning": "#9a6700", "error": "#cf222e"}
         items = "".join(f'<li class="nbt-advice-{a.level}"><b style="color:{colours[a.level]}">{a.level}</b> '
                         f"{html.escape(a.message)}</li>" for a in self)
@@ -69,37 +74,45 @@ class AdviceList(list):
 
 
 def check_lr_while_mixing(lr: float, default_lr: float | None, mixing: bool) -> list[Advice]:
-    """Changing the learning rate while mixing data is the most common cause of instability (seed 004)."""
+    """Changing the learning rate while mixing data is the most common cause of instability."""
     if not mixing or default_lr is None or math.isclose(lr, default_lr, rel_tol=1e-9):
         return []
     return [Advice("lr-while-mixing", "warning",
                    f"lr {lr:g} differs from the default {default_lr:g} while mixing data: the most common cause of "
-                   "unstable training with data mixing (seed 004); keep the default or change it in small steps",
+                   "unstable training with data mixing; keep the default or change it in small steps",
                    field="lr")]
 
 
+def check_lr_far_from_default(lr: float, default_lr: float | None) -> list[Advice]:
+    """An lr more than 10x away from the platform's calibrated default rarely trains well."""
+    if not default_lr or default_lr / LR_FACTOR <= lr <= default_lr * LR_FACTOR:
+        return []
+    return [Advice("lr-far-from-default", "warning", f"lr {lr:g} is more than {LR_FACTOR:g}x away from the "
+                   f"calibrated default {default_lr:g}", field="lr")]
+
+
 def check_reasoning_instruction_following(mix: Any, method: str = "sft_lora") -> list[Advice]:
-    """SFT with mixing should always include reasoning-instruction-following (seed 004)."""
+    """SFT with mixing should always include reasoning-instruction-following."""
     if mix is None or not mix.mixing or not method.startswith("sft"):
         return []
     if mix.weight("reasoning-instruction-following") > 0:
         return []
     return [Advice("mix-without-reasoning-instruction-following", "warning",
                    "the mix has no reasoning-instruction-following data: for SFT always include it; skipping it is "
-                   "a common cause of degraded reasoning after fine-tuning (seed 004)",
+                   "a common cause of degraded reasoning after fine-tuning",
                    field="reasoning-instruction-following")]
 
 
 def check_rai(mix: Any) -> list[Advice]:
-    """Keep responsible-AI data non-zero when mixing (seed 001)."""
+    """Keep responsible-AI data non-zero when mixing."""
     if mix is None or not mix.mixing or mix.weight("rai") > 0:
         return []
-    return [Advice("rai-zero", "warning", "rai is 0 in the mix: keep it non-zero to preserve safety behaviour "
-                   "(seed 001)", field="rai")]
+    return [Advice("rai-zero", "warning", "rai is 0 in the mix: keep it non-zero to preserve safety behaviour",
+                   field="rai")]
 
 
 def check_warmup(warmup_steps: int, max_steps: int) -> list[Advice]:
-    """Warmup about 15% of max_steps (seed 004)."""
+    """Warmup about 15% of max_steps."""
     if max_steps <= 0:
         return []
     share = warmup_steps / max_steps
@@ -111,11 +124,9 @@ def check_warmup(warmup_steps: int, max_steps: int) -> list[Advice]:
 
 
 def check_save_steps(save_steps: int, max_steps: int) -> list[Advice]:
-    """A checkpoint interval beyond the run saves nothing to resume from or pick (save_steps <= max_steps)."""
-    if save_steps <= max_steps:
-        return []
-    return [Advice("save-steps", "error", f"save_steps {save_steps} > max_steps {max_steps}: no checkpoint would "
-                   "be saved during the run; set save_steps <= max_steps", field="save_steps")]
+    """The config's hard rule save_steps <= max_steps, for form values that do not make a config yet."""
+    problem = save_steps_problem(save_steps, max_steps)
+    return [Advice("save-steps", "error", problem, field="save_steps")] if problem else []
 
 
 def check_rft_baseline(positive_share: float | None) -> list[Advice]:
@@ -126,7 +137,7 @@ def check_rft_baseline(positive_share: float | None) -> list[Advice]:
         return [Advice("rft-low-baseline", "warning",
                        f"the starting model earns a positive reward on {positive_share:.1%} of prompts (under "
                        f"{POSITIVE_SHARE_LOW:.0%}): RFT has almost nothing to reinforce; do SFT first and start RFT "
-                       "from the SFT model (seed 004)", field="positive_share")]
+                       "from the SFT model", field="positive_share")]
     if positive_share > POSITIVE_SHARE_HIGH:
         return [Advice("rft-high-baseline", "info",
                        f"the starting model already earns a positive reward on {positive_share:.1%} of prompts: "
@@ -147,13 +158,11 @@ def advise_launch(config: Any = None, *, mix: Any = None, method: str | None = N
                   positive_share: float | None = None) -> AdviceList:
     """Every pre-launch check that applies. config: a MethodConfig or a mapping of form values (then give method
     and platform); mix: a MixConfig (or its dict); positive_share: the RFT precheck's share of rewarded prompts."""
-    from nbtoolkit.training.config import CONFIGS
-
     values = _values(config)
     method = method or getattr(config, "METHOD", None) or values.get("method") or "sft_lora"
     platform = platform or values.get("platform") or "local"
     if mix is not None and not hasattr(mix, "mixing"):
-        from nbtoolkit.mixing import MixConfig
+        from nbtoolkit.mixing.config import MixConfig  # on use: importing nbtoolkit.mixing loads its whole package
 
         mix = MixConfig.from_dict(mix)
     mixing = bool(values.get("mixing")) or (mix is not None and mix.mixing)
@@ -161,6 +170,7 @@ def advise_launch(config: Any = None, *, mix: Any = None, method: str | None = N
     if "lr" in values and method in CONFIGS:
         default_lr = CONFIGS[method].DEFAULTS.get(platform, {}).get("lr")
         advice += check_lr_while_mixing(values["lr"], default_lr, mixing)
+        advice += check_lr_far_from_default(values["lr"], default_lr)
     advice += check_reasoning_instruction_following(mix, method)
     advice += check_rai(mix)
     if "max_steps" in values:
@@ -171,6 +181,16 @@ def advise_launch(config: Any = None, *, mix: Any = None, method: str | None = N
     if method.startswith("rft"):
         advice += check_rft_baseline(positive_share)
     return AdviceList(advice)
+
+
+def warn_launch(config: Any, *, mix: Any = None, stacklevel: int = 2) -> AdviceList:
+    """advise_launch, with each warning-level advice also raised as a HyperparameterWarning (what a script or the
+    CLI sees when it launches a risky config)."""
+    advice = advise_launch(config, mix=mix)
+    for item in advice:
+        if item.level == "warning":
+            warnings.warn(item.message, HyperparameterWarning, stacklevel=stacklevel + 1)
+    return advice
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,7 +227,7 @@ def check_loss_spikes(metrics: Any, *, factor: float = SPIKE_FACTOR, window: int
             return [Advice("loss-spike", "warning",
                            f"loss spike at step {step}: {loss:.3g} is over {factor:g}x the median of the previous "
                            f"{len(recent)} logged losses ({statistics.median(recent):.3g}); if it recurs, lower lr "
-                           "(seed 004: with data mixing the lr is the first suspect)", field="lr", step=step)]
+                           "(with data mixing the lr is the first suspect)", field="lr", step=step)]
         history.append(loss)
     return []
 
@@ -268,6 +288,7 @@ def format_advice(advice: Sequence[Advice]) -> str:
 
 __all__ = [
     "Advice", "AdviceList", "advise_job", "advise_launch", "advise_running", "check_kl_blowup",
-    "check_loss_spikes", "check_lr_while_mixing", "check_rai", "check_reasoning_instruction_following",
-    "check_reward_collapse", "check_rft_baseline", "check_save_steps", "check_warmup", "format_advice",
+    "check_loss_spikes", "check_lr_far_from_default", "check_lr_while_mixing", "check_rai",
+    "check_reasoning_instruction_following",
+    "check_reward_collapse", "check_rft_baseline", "check_save_steps", "check_warmup", "format_advice", "warn_launch",
 ]

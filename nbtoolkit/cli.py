@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from nbtoolkit.errors import NbtoolkitError, os_error_message
+from nbtoolkit.stages import PROFILES
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -119,7 +120,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="the main job: baseline eval -> SFT -> eval -> RFT -> eval",
                        description="Writes stages.json, per-stage predictions and report.html into --out.")
     data = p.add_mutually_exclusive_group()
-    data.add_argument("--data", help="one file, split with the seed 003 recipe (default: synthetic data)")
+    data.add_argument("--data", help="one file, split sft/eval/rft (default: synthetic data)")
     data.add_argument("--train", help="training file (SFT and RFT rows); needs --eval")
     p.add_argument("--eval", help="evaluation file, rows never trained on")
     p.add_argument("--question", "--text-col", dest="question", action="append",
@@ -127,7 +128,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--answer", "--label-col", dest="answer", help="answer / label column")
     p.add_argument("--system-prompt", help="one system prompt for every row")
     p.add_argument("--labels", type=_labels, help="label set, e.g. HQ,LQ_EDIT,LQ_CLOSE")
-    p.add_argument("--profile", default="quick", choices=["tiny", "quick", "standard"],
+    p.add_argument("--profile", default="quick", choices=list(PROFILES),
                    help="tiny: random model, about a minute; quick: ~15 min; standard: calibrated full fine-tuning")
     p.add_argument("--model", help="model name, Hugging Face id or local path (default: the profile's)")
     p.add_argument("--stages", default="baseline,sft,rft", help="comma-separated subset of baseline,sft,rft")

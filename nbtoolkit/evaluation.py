@@ -32,7 +32,7 @@ from nbtoolkit.metrics import (
     per_class_metrics,
     response_length_metrics,
 )
-from nbtoolkit.training.config import EvalConfig
+from nbtoolkit.training.config import EvalConfig, config_from_dict, config_to_dict
 
 if TYPE_CHECKING:
     from nbtoolkit.models import LoadedModel
@@ -210,8 +210,7 @@ class EvalResult:
             else:
                 (directory / name).unlink(missing_ok=True)
         write_json_atomic(directory / INFO_FILE, {
-            "model": self.model, "labels": self.labels, "config": {"method": EvalConfig.METHOD,
-                                                                   **self.config.to_dict()},
+            "model": self.model, "labels": self.labels, "config": config_to_dict(self.config),
             "prediction_columns": list(self.predictions.columns), "extra": self.extra})
         return directory
 
@@ -233,7 +232,7 @@ class EvalResult:
         if (directory / PER_CLASS_FILE).exists():
             per_class = pd.read_csv(directory / PER_CLASS_FILE, index_col=0, dtype={"label": str},
                                     keep_default_na=False)
-        config = load_config_dict(info["config"])
+        config = config_from_dict(info["config"], method=EvalConfig.METHOD)
         return cls(metrics, predictions, confusion, per_class, config, info.get("labels"), info.get("model", ""),
                    info.get("extra") or {})
 
@@ -256,12 +255,6 @@ class EvalResult:
             lines += ["  confusion matrix (rows: true label, columns: predicted):",
                       "    " + self.confusion.to_string().replace("\n", "\n    ")]
         return "\n".join(lines)
-
-
-def load_config_dict(data: dict) -> EvalConfig:
-    """EvalConfig from its saved dict (with or without the "method" key)."""
-    data = {k: v for k, v in data.items() if k != "method"}
-    return EvalConfig.from_dict(data)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Metrics on (prediction, reference) pairs: the GEN_QA suite, label metrics and response lengths.
 
-The GEN_QA metrics follow the lighteval/HELM definitions AWS's evaluation container reports (REFERENCE.md §6):
+The GEN_QA metrics follow the lighteval/HELM definitions AWS's evaluation container reports (docs/metrics.md):
 exact_match, quasi_exact_match, f1_score, f1_score_quasi, rouge1/rouge2/rougeL (averaged per sample, with
 standard error n-1 / sqrt(n)) and corpus BLEU (sacreBLEU, bootstrap standard error). Two BLEU values exist:
 `bleu` is the correct corpus BLEU; `bleu_lighteval_legacy` reproduces lighteval <= 0.10, which scored only the

@@ -20,74 +20,13 @@ from nbtoolkit.data.mapping import ColumnMapping
 from nbtoolkit.data.prepare import PrepareConfig, PreparedData, prepare_dataset
 from nbtoolkit.data.synthetic import SYNTHETIC_NOTE, make_stackoverflow_dataset
 from nbtoolkit.errors import NbtoolkitError, unknown_name_message
-from nbtoolkit.runtime.events import new_run_dir, read_json, write_json_atomic
+from nbtoolkit.runtime.events import new_run_dir, write_json_atomic
+from nbtoolkit.stages import PROFILES, RETENTION, STAGES, STAGES_FILE, Profile, StageSummary, eval_job_name
 from nbtoolkit.training.config import CONFIGS, EvalConfig, RFTLoraConfig
-
-STAGES = ("baseline", "sft", "rft")
-RETENTION = "retention"  # the general check that needs no data (nbtoolkit.forgetting.retention_probe)
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Sizes of one pipeline run: which model, how many rows, steps and eval samples."""
-
-    name: str
-    description: str
-    model: str
-    synthetic_rows: int
-    eval: dict[str, Any]
-    sft: dict[str, Any]
-    rft: dict[str, Any]
-    # the general-ability checks run by default ("checks") and their sizes: benchmark rows ("limit") and
-    # held-out rehearsal prompts ("probe_prompts")
-    general: dict[str, Any] = field(default_factory=dict)
-    sft_method: str = "sft_lora"  # or "sft_full"
-    # validation checks: rows scored ("rows", a fixed stratified sample) and from which fraction of the SFT
-    # steps on its save steps are checked ("from")
-    validation: dict[str, Any] = field(default_factory=lambda: {"rows": 300, "from": 0.5})
-
-
-PROFILES: dict[str, Profile] = {
-    "tiny": Profile(
-        # The tiny tokenizer spells the system prompt in ~440 tokens, hence the long max_length.
-        "tiny", "a random 2-layer model and a few steps: checks the plumbing in about a minute", "tiny", 120,
-        eval={"limit": 8, "max_new_tokens": 4, "batch_size": 8, "max_prompt_tokens": 48},
-        sft={"max_steps": 4, "warmup_steps": 1, "global_batch_size": 4, "micro_batch_size": 4, "save_steps": 2,
-             "max_prompt_tokens": 48, "max_length": 640},
-        rft={"max_steps": 2, "warmup_steps": 0, "global_batch_size": 4, "micro_batch_size": 4,
-             "number_generation": 2, "save_steps": 2, "max_new_tokens": 4, "max_prompt_tokens": 48,
-             "max_length": 640},
-        # no retention probe by default: a random model cannot answer the rehearsal prompts
-        general={"checks": (), "limit": 8, "probe_prompts": 4, "batch_size": 8},
-        validation={"rows": 8, "from": 0.5}),
-    "quick": Profile(
-        "quick", "the embedded model, a short SFT and a few GRPO steps: the whole workflow in about 15 minutes",
-        "smollm2-135m-instruct", 1500,
-        eval={"limit": 60, "max_new_tokens": 8, "batch_size": 16, "max_prompt_tokens": 128},
-        # micro batches of 4 keep peak memory under 4 GB (8 needs about 5.6 GB without gradient checkpointing)
-        sft={"max_steps": 40, "warmup_steps": 6, "save_steps": 20, "micro_batch_size": 4, "max_prompt_tokens": 128,
-             "max_length": 320},
-        # GRPO forward passes of 2 completions: peak RSS 2.8 GB over a quick run (4 completions per pass: 4.4 GB)
-        rft={"max_steps": 3, "warmup_steps": 0, "global_batch_size": 8, "micro_batch_size": 2, "save_steps": 3,
-             "max_new_tokens": 8, "max_prompt_tokens": 128, "max_length": 320},
-        general={"checks": (RETENTION,), "limit": 100, "probe_prompts": 16},
-        validation={"rows": 60, "from": 0.5}),
-    # Calibrated on the real Stack Overflow data (seed 003 split, 500 held-out rows, 360 steps of 8 rows): full
-    # fine-tuning at lr 5e-5 reached 0.900 exact match, LoRA r16 at lr 5e-4 0.850 (and at lr 2e-4 for 300 steps,
-    # 0.836); full fine-tuning's steps cost about 15% more.
-    "standard": Profile(
-        "standard", "the embedded model, 360 full fine-tuning steps and 20 GRPO steps: about 35-40 minutes of SFT "
-        "on 2 cores with native bf16, about 55 on AVX2-only cores", "smollm2-135m-instruct", 1500,
-        eval={},
-        sft={"lr": 5e-5, "max_steps": 360, "warmup_steps": 25, "save_steps": 60},
-        rft={"max_steps": 20, "save_steps": 10},
-        general={"checks": (RETENTION,), "limit": 500, "probe_prompts": None}, sft_method="sft_full"),
-}
-
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What the main job runs. Give `data` (split with the seed 003 recipe), or `train` and `eval` files."""
+    """What the main job runs. Give `data` (split sft/eval/rft), or `train` and `eval` files."""
 
     data: str | None = field(default=None, metadata={"help": "one input file, split sft/eval/rft; None: synthetic"})
     train: str | None = field(default=None, metadata={"help": "training file (SFT and RFT rows)"})
@@ -125,7 +64,7 @@ class PipelineConfig:
 
             resolve_model(self.model)  # an unknown name fails here, before any data is prepared
         if "rft" in self.stages and "sft" not in self.stages:
-            raise ValueError("RFT starts from the SFT checkpoint: include the sft stage (seed 004 advice)")
+            raise ValueError("RFT starts from the SFT checkpoint: include the sft stage")
 
 
 @dataclass
@@ -215,20 +154,17 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
         log(str(_plan_estimate(config, profile, data, model, calibrate=False, runs_dir=out.parent)))
     except Exception as error:  # noqa: BLE001 - an estimate never stops the run it describes
         log(f"estimate: not available ({type(error).__name__}: {error})")
-    summary: dict[str, Any] = {"profile": profile.name, "model": model, "stages": {}, "jobs": {}, "deltas": {},
-                               "general": {}, "general_errors": {}, "labels": list(data.labels or []),
-                               "notes": data.notes,
-                               "evaluation": {"split": "eval", "file": str(data.eval_file),
-                                              "use": "reported only: no choice is made on these rows"},
-                               "validation": {}, "selection": {}, "final_stage": None}
+    summary = StageSummary(profile.name, model, labels=list(data.labels or []), notes=data.notes,
+                           evaluation={"split": "eval", "file": str(data.eval_file),
+                                       "use": "reported only: no choice is made on these rows"})
     if data.validation_file is not None:
-        summary["evaluation"]["validation_file"] = str(data.validation_file)
+        summary.evaluation["validation_file"] = str(data.validation_file)
     results: dict[str, EvalResult] = {}
     curves: dict[str, tuple[pd.DataFrame, str]] = {}
 
     def run_job(spec: JobSpec, title: str):
         job = runtime.launch(spec)
-        summary["jobs"][spec.name] = str(job.run_dir)
+        summary.jobs[spec.name] = str(job.run_dir)
         log(f"[{title}] {spec.kind} job in {job.run_dir}")
         result = job.wait(progress=progress)
         return job, result
@@ -236,15 +172,10 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
     def evaluate_stage(stage: str, stage_model: str) -> None:
         job, _ = run_job(_eval_spec(eval_config, stage_model, data, stage), f"{stage} eval")
         results[stage] = EvalResult.load(job.run_dir / "eval")
-        summary["stages"][stage] = {**_headline(results[stage].metrics), "split": "eval",
-                                    "rows": results[stage].extra.get("rows")}
-        previous = list(summary["stages"])[-2] if len(summary["stages"]) > 1 else None
+        previous = summary.record_eval(stage, results[stage].metrics, job.run_dir, split="eval",
+                                       rows=results[stage].extra.get("rows"))
         if previous:
-            summary["deltas"][stage] = {k: v - summary["stages"][previous][k]
-                                        for k, v in summary["stages"][stage].items()
-                                        if isinstance(v, (int, float)) and k in summary["stages"][previous]
-                                        and not k.endswith("_stderr") and k not in ("n", "rows_total")}
-            summary["deltas"][stage].update(paired_exact_match_delta(results[previous], results[stage]))
+            summary.deltas[stage].update(paired_exact_match_delta(results[previous], results[stage]))
         log(results[stage].summary())
         _write_outputs(out, summary, results, curves, eval_config)
         check_general(stage, stage_model)
@@ -253,9 +184,9 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
         """Exact match on the validation rows (the same fixed sample the SFT job checks), kept in stages.json."""
         job, _ = run_job(_validation_spec(validation_config, stage_model, data, stage), f"{stage} validation")
         metrics = EvalResult.load(job.run_dir / "eval").metrics
-        summary["validation"][stage] = {"exact_match": metrics["exact_match"],
-                                        "exact_match_stderr": metrics["exact_match_stderr"], "rows": metrics["n"],
-                                        "split": "validation"}
+        summary.validation[stage] = {"exact_match": metrics["exact_match"],
+                                     "exact_match_stderr": metrics["exact_match_stderr"], "rows": metrics["n"],
+                                     "split": "validation"}
         log(f"[{stage} validation] exact match {metrics['exact_match']:.3f} ± {metrics['exact_match_stderr']:.3f} "
             f"on {metrics['n']} validation rows")
         _write_outputs(out, summary, results, curves, eval_config)
@@ -270,12 +201,12 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
             job, _ = run_job(JobSpec(GENERAL_EVAL_KIND, model=stage_model, name=f"general-{stage}", extra=extra),
                              f"{stage} general")
         except JobFailed as error:  # a side check: the domain results and later stages go on
-            summary["general_errors"][stage] = str(error)
+            summary.general_errors[stage] = str(error)
             log(f"[{stage} general] failed, the pipeline goes on without it: {error}")
             _write_outputs(out, summary, results, curves, eval_config)
             return
         general = GeneralEvalResult.load(job.run_dir)
-        summary["general"][stage] = general.headline()
+        summary.general[stage] = general.headline()
         log(general.summary())
         _write_outputs(out, summary, results, curves, eval_config)
 
@@ -283,48 +214,48 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
         if "baseline" in config.stages:
             evaluate_stage("baseline", model)
         current = model
-        summary["final_stage"] = "baseline" if "baseline" in config.stages else None
+        summary.final_stage = "baseline" if "baseline" in config.stages else None
         if "sft" in config.stages:
             job, result = run_job(_sft_spec(config, profile, model, data), "sft")
             curves["SFT loss"] = (job.metrics(), "loss")
-            current = str(job.run_dir)
+            current = summary.models["sft"] = str(job.run_dir)
             selection = (result.output or {}).get("selection")
             if selection:
-                summary["selection"]["sft"] = selection
+                summary.selection["sft"] = selection
                 log(f"[sft] checkpoint chosen on validation: step {selection['selected_step']} (exact match "
                     f"{selection['selected_score']:.3f}; by step {selection['by_step']})")
-            summary["final_stage"] = "sft"
+            summary.final_stage = "sft"
             evaluate_stage("sft", current)
         if "rft" in config.stages:
             job, _ = run_job(_rft_spec(config, profile, current, data), "rft")
             curves["RFT reward"] = (job.metrics(), "reward_mean")
-            rft_model = str(job.run_dir)
+            rft_model = summary.models["rft"] = str(job.run_dir)
             kept = True
             if data.validation_file is not None:
-                before = summary["selection"].get("sft", {}).get("selected_score")
+                before = summary.selection.get("sft", {}).get("selected_score")
                 if before is None:
                     before = validate_stage("sft", current)
                 else:
-                    summary["validation"]["sft"] = {"exact_match": before, "rows": profile.validation["rows"],
-                                                    "split": "validation", "from": "the SFT job's checkpoint check"}
+                    summary.validation["sft"] = {"exact_match": before, "rows": profile.validation["rows"],
+                                                 "split": "validation", "from": "the SFT job's checkpoint check"}
                 after = validate_stage("rft", rft_model)
                 kept = after >= before
-                summary["selection"]["rft"] = {
+                summary.selection["rft"] = {
                     "kept": kept, "split": "validation", "validation_before": before, "validation_after": after,
                     "reason": (f"validation exact match {after:.3f} after RFT vs {before:.3f} before: "
                                + ("RFT's model is kept" if kept else "RFT lowered it, the SFT model is kept"))}
-                log(f"[rft] {summary['selection']['rft']['reason']}")
-            summary["final_stage"] = "rft" if kept else summary["final_stage"]
+                log(f"[rft] {summary.selection['rft']['reason']}")
+            summary.final_stage = "rft" if kept else summary.final_stage
             evaluate_stage("rft", rft_model)
     finally:
-        summary["seconds"] = round(time.perf_counter() - started, 1)
+        summary.seconds = round(time.perf_counter() - started, 1)
         _write_outputs(out, summary, results, curves, eval_config)
-    tables = [stage_table(summary["stages"])]
-    if summary["general"]:
-        tables.append(forgetting_table(summary["stages"], summary["general"]))
-    log(f"done in {summary['seconds']:.0f} s\n" + "\n\n".join(t.round(3).to_string() for t in tables) +
-        f"\nstages: {out / 'stages.json'}\nreport: {out / 'report.html'}")
-    return summary
+    tables = [stage_table(summary.stages)]
+    if summary.general:
+        tables.append(forgetting_table(summary.stages, summary.general))
+    log(f"done in {summary.seconds:.0f} s\n" + "\n\n".join(t.round(3).to_string() for t in tables) +
+        f"\nstages: {out / STAGES_FILE}\nreport: {out / 'report.html'}")
+    return summary.to_dict()
 
 
 def _eval_configs(config: PipelineConfig, profile: Profile) -> tuple[EvalConfig, EvalConfig]:
@@ -339,7 +270,7 @@ def _eval_spec(eval_config: EvalConfig, model: str, data: PipelineData, stage: s
     from nbtoolkit.runtime import JobSpec
 
     return JobSpec("eval", eval_config, model=model, eval_file=str(data.eval_file), labels=data.labels,
-                   name=f"eval-{stage}")
+                   name=eval_job_name(stage))
 
 
 def _validation_spec(validation_config: EvalConfig, model: str, data: PipelineData, stage: str):
@@ -461,12 +392,6 @@ def _config_dict(config: PipelineConfig) -> dict[str, Any]:
     return data
 
 
-# Headline metrics carried into stages.json and the report (the full set stays in each eval directory).
-HEADLINE = ("exact_match", "quasi_exact_match", "label_accuracy", "macro_f1", "no_valid_prediction", "rouge1",
-            "f1_score", "loglik_accuracy", "reply_tokens_mean", "hit_max_new_tokens", "samples_per_second", "n",
-            "rows_total")
-
-
 def paired_exact_match_delta(before: Any, after: Any) -> dict[str, float]:
     """Exact-match change between two evaluations of the same rows, with the standard error of the per-row
     differences (paired: much tighter than the two stderrs combined); {} when the rows differ."""
@@ -481,32 +406,24 @@ def paired_exact_match_delta(before: Any, after: Any) -> dict[str, float]:
     return {"exact_match_paired": mean, "exact_match_paired_stderr": stderr}
 
 
-def _headline(metrics: dict[str, float]) -> dict[str, float]:
-    out = {k: metrics[k] for k in HEADLINE if k in metrics}
-    for k in ("exact_match", "label_accuracy"):
-        if f"{k}_stderr" in metrics:
-            out[f"{k}_stderr"] = metrics[f"{k}_stderr"]
-    return out
-
-
-def _write_outputs(out: Path, summary: dict, results: dict, curves: dict, eval_config: EvalConfig) -> None:
+def _write_outputs(out: Path, summary: StageSummary, results: dict, curves: dict, eval_config: EvalConfig) -> None:
     from nbtoolkit.report import write_report
 
-    write_json_atomic(out / "stages.json", summary)
+    summary.save(out)
     if not results:
         return
     lengths = {stage: r.predictions["reply_tokens"].tolist() for stage, r in results.items()
                if "reply_tokens" in r.predictions}
     confusions = {stage: r.confusion for stage, r in results.items() if r.confusion is not None}
-    write_report(out / "report.html", f"nbtoolkit pipeline ({summary['profile']}, {summary['model']})",
-                 summary["stages"], confusions=confusions, reply_lengths=lengths,
-                 max_new_tokens=eval_config.max_new_tokens, curves=curves, notes=summary.get("notes", []),
-                 general=summary.get("general"))
+    write_report(out / "report.html", f"nbtoolkit pipeline ({summary.profile}, {summary.model})",
+                 summary.stages, confusions=confusions, reply_lengths=lengths,
+                 max_new_tokens=eval_config.max_new_tokens, curves=curves, notes=summary.notes,
+                 general=summary.general)
 
 
 def load_stages(out: str | os.PathLike) -> dict[str, Any]:
     """stages.json of a finished (or interrupted) pipeline run."""
-    data = read_json(Path(out) / "stages.json")
-    if data is None:
-        raise NbtoolkitError(f"no stages.json in {out}")
-    return data
+    summary = StageSummary.load(out)
+    if summary is None:
+        raise NbtoolkitError(f"no {STAGES_FILE} in {out}")
+    return summary.to_dict()

@@ -1,4 +1,4 @@
-"""Reward functions for RFT, with the contract of the RFT Lambda (REFERENCE.md §7).
+"""Reward functions for RFT, with the contract of the RFT Lambda (docs/metrics.md).
 
 A reward function takes a list of samples `{"id", "messages" (the last one is the model's reply),
 "reference_answer"}` and returns, in the same order, `{"id", "aggregate_reward_score": float, "metrics_list":
@@ -7,7 +7,7 @@ A reward function takes a list of samples `{"id", "messages" (the last one is th
 nbtoolkit.labels, so it can be deployed as a Lambda without pandas or torch.
 
 Shipped rewards (registry `REWARDS`):
-- `binary_label`: +1 when the label extracted from the reply equals the reference, else -1 (seed 003).
+- `binary_label`: +1 when the label extracted from the reply equals the reference, else -1 (the case study's reward).
 - `format_aware`: +1 for the correct label alone ("HQ", "HQ."); a correct label inside more text earns
   0.5 / (1 + extra_words / 5), so it stays positive but shrinks with length; a wrong or missing label -1.
 """
@@ -26,7 +26,7 @@ from nbtoolkit.labels import extract_label
 
 STACKOVERFLOW_LABELS = ("HQ", "LQ_EDIT", "LQ_CLOSE")
 METRIC_TYPES = ("Metric", "Reward")
-# The advice of seed 004: below this share of prompts with a positive reward, do SFT before RFT.
+# Below this share of prompts with a positive reward, do SFT before RFT (docs/hyperparameters.md).
 MIN_POSITIVE_SHARE = 0.05
 # Format-aware reward: the score of a correct label with `extra` words around it is 0.5 / (1 + extra / scale).
 VERBOSE_WORD_SCALE = 5.0
@@ -331,7 +331,7 @@ def verify_reward_function(fn: RewardFunction, samples: Sequence[Sample]) -> Rew
 def positive_reward_share(fn: RewardFunction, samples: Sequence[Sample]) -> float:
     """Share of prompts where some reply earned a reward > 0 (replies to the same prompt are grouped).
 
-    Seed 004: when the starting model earns a positive reward on under ~5% of prompts (MIN_POSITIVE_SHARE),
+    When the starting model earns a positive reward on under ~5% of prompts (MIN_POSITIVE_SHARE),
     RFT has almost no signal: do SFT first. When nearly every prompt already scores high, RFT has nothing to learn.
     """
     samples = list(samples)

@@ -2,8 +2,8 @@
 
 Notebook 01 prepares the data, 02 evaluates the baseline, 03 trains SFT, 04 RFT and 05 compares. Each notebook
 opens the same `Workspace(workdir, profile)`; when an earlier notebook's output is missing, `ensure_*` builds it
-(small, with the profile's sizes) so every notebook also runs on its own. `stages.json` has the layout of a
-pipeline run's, so `nbtoolkit.ui.ResultsView` reads either.
+(small, with the profile's sizes) so every notebook also runs on its own. `stages.json` is written through
+`nbtoolkit.stages.StageSummary`, as a pipeline run's is, so `nbtoolkit.ui.ResultsView` reads either.
 
     ws = Workspace("runs/notebooks", profile="tiny")
     files = ws.data_files()                  # prepares synthetic data when 01 has not run
@@ -19,18 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from nbtoolkit.errors import NbtoolkitError, unknown_name_message
-from nbtoolkit.runtime.events import read_json, write_json_atomic
+from nbtoolkit.runtime.events import read_json
+from nbtoolkit.stages import PROFILES, STAGES, STAGES_FILE, TRAINING_STAGES, StageSummary, eval_job_name
 
 if TYPE_CHECKING:
     from nbtoolkit.data import PrepareConfig, PreparedData
     from nbtoolkit.evaluation import EvalResult
     from nbtoolkit.runtime import Job, JobSpec, LocalRuntime
-
-STAGES = ("baseline", "sft", "rft")
-STAGES_FILE = "stages.json"
-# The job that trains each stage's model (the baseline is the base model itself).
-TRAINING_STAGES = ("sft", "rft")
-
 
 @dataclass(frozen=True)
 class DataFiles:
@@ -48,8 +43,6 @@ class Workspace:
 
     def __init__(self, workdir: str | os.PathLike = "runs/notebooks", profile: str = "quick", *, seed: int = 0,
                  log: Callable[[str], None] = print) -> None:
-        from nbtoolkit.pipeline import PROFILES
-
         if profile not in PROFILES:
             raise ValueError(unknown_name_message("profile", profile, PROFILES))
         self.workdir = Path(workdir)
@@ -172,15 +165,9 @@ class Workspace:
 
     # -- stage records ----------------------------------------------------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
-        """stages.json: {"profile", "stages": {stage: metrics}, "jobs": {name: run_dir}, "models": {stage: ...}}."""
-        return read_json(self.workdir / STAGES_FILE) or {"profile": self.profile.name, "stages": {}, "jobs": {},
-                                                        "models": {}, "labels": []}
-
-    def _write(self, summary: dict[str, Any]) -> None:
-        order = {s: i for i, s in enumerate(STAGES)}
-        summary["stages"] = dict(sorted(summary["stages"].items(), key=lambda kv: order.get(kv[0], len(order))))
-        write_json_atomic(self.workdir / STAGES_FILE, summary)
+    def summary(self) -> StageSummary:
+        """What stages.json records so far (an empty summary for this profile before the first record)."""
+        return StageSummary.load(self.workdir) or StageSummary(self.profile.name)
 
     def record_training(self, stage: str, job: Job) -> str:
         """Record a finished training job as `stage`'s model; returns the model (the job's run directory)."""
@@ -189,9 +176,9 @@ class Workspace:
             raise NbtoolkitError(f"{stage} job {job.name!r} ended {result.status}: {result.reason} "
                                  f"(run dir {job.run_dir})")
         summary = self.summary()
-        summary["jobs"][stage] = str(job.run_dir)
-        summary["models"][stage] = str(job.run_dir)
-        self._write(summary)
+        summary.jobs[stage] = str(job.run_dir)
+        summary.models[stage] = str(job.run_dir)
+        summary.save(self.workdir)
         return str(job.run_dir)
 
     def record_eval(self, stage: str, job: Job) -> EvalResult:
@@ -200,11 +187,9 @@ class Workspace:
 
         result = EvalResult.load(Path(job.run_dir) / "eval")
         summary = self.summary()
-        summary["stages"][stage] = {k: v for k, v in result.metrics.items()
-                                    if isinstance(v, int | float) and not isinstance(v, bool)}
-        summary["jobs"][f"eval-{stage}"] = str(job.run_dir)
-        summary["labels"] = list(result.labels or [])
-        self._write(summary)
+        summary.record_eval(stage, result.metrics, job.run_dir)
+        summary.labels = list(result.labels or [])
+        summary.save(self.workdir)
         return result
 
     # -- building what is missing -----------------------------------------------------------------------------
@@ -221,7 +206,7 @@ class Workspace:
             return self.base_model()
         if stage not in TRAINING_STAGES:
             raise ValueError(unknown_name_message("stage", stage, STAGES))
-        recorded = self.summary()["models"].get(stage)
+        recorded = self.summary().models.get(stage)
         if recorded and Path(recorded).is_dir():
             return recorded
         self.log(f"no {stage} model recorded in {self.workdir / STAGES_FILE}: training one now")
@@ -231,7 +216,7 @@ class Workspace:
         """`stage`'s evaluation: the recorded one, or run now (training its model first when missing)."""
         from nbtoolkit.evaluation import EvalResult
 
-        run_dir = self.summary()["jobs"].get(f"eval-{stage}")
+        run_dir = self.summary().jobs.get(eval_job_name(stage))
         if run_dir and (Path(run_dir) / "eval").is_dir():
             return EvalResult.load(Path(run_dir) / "eval")
         return self.record_eval(stage, self._run(self.spec(f"eval-{stage}")))
@@ -242,9 +227,9 @@ class Workspace:
         self.data_files()
         while True:
             summary = self.summary()
-            models = {s for s, path in summary["models"].items() if Path(path).is_dir()} | {"baseline"}
-            evaluated = {name[5:] for name, path in summary["jobs"].items()
-                         if name.startswith("eval-") and (Path(path) / "eval").is_dir()}
+            models = {s for s, path in summary.models.items() if Path(path).is_dir()} | {"baseline"}
+            evaluated = {s for s in STAGES if eval_job_name(s) in summary.jobs
+                         and (Path(summary.jobs[eval_job_name(s)]) / "eval").is_dir()}
             wanted = {*stages, *(("sft",) if "rft" in stages else ())}
             ready = [f"eval-{s}" for s in stages if s not in evaluated and s in models]
             ready += [s for s in ("sft", "rft") if s in wanted and s not in models
@@ -278,6 +263,6 @@ class Workspace:
 
         if build:
             self.build(stages)
-        jobs = self.summary()["jobs"]
-        return {stage: EvalResult.load(Path(jobs[f"eval-{stage}"]) / "eval") for stage in stages
-                if f"eval-{stage}" in jobs and (Path(jobs[f"eval-{stage}"]) / "eval").is_dir()}
+        jobs = self.summary().jobs
+        return {stage: EvalResult.load(Path(jobs[eval_job_name(stage)]) / "eval") for stage in stages
+                if eval_job_name(stage) in jobs and (Path(jobs[eval_job_name(stage)]) / "eval").is_dir()}

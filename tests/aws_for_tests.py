@@ -318,7 +318,7 @@ def run_entry(channels: dict[str, Path], work: Path, job_name: str, hyperparamet
 
 def fake_run_dir(runtime, spec, job_name: str = "count-20260101000000") -> Path:
     """A SageMaker run directory as launch() leaves it, without launching (for status/stop tests)."""
-    from nbtoolkit.aws.runtime import SAGEMAKER_FILE
+    from nbtoolkit.aws.job import SAGEMAKER_FILE
 
     run_dir = runtime.runs_dir / f"{spec.name}-fake"
     run_dir.mkdir(parents=True)

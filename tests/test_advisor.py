@@ -1,4 +1,4 @@
-"""The advisor: each of seed 004's checks fires when it should and stays silent otherwise."""
+"""The advisor: each of its checks fires when it should and stays silent otherwise."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from nbtoolkit.advisor import (
     check_rft_baseline,
     check_save_steps,
     check_warmup,
+    warn_launch,
 )
 from nbtoolkit.mixing import MixConfig, mix_preset
 from nbtoolkit.training.config import HyperparameterWarning, RFTLoraConfig, SFTLoraConfig
@@ -36,9 +37,9 @@ def test_lr_changed_while_mixing():
     assert check_lr_while_mixing(3e-4, None, mixing=True) == []
 
 
-def test_the_config_warns_through_the_same_check():
+def test_a_launch_warns_through_the_same_check():
     with pytest.warns(HyperparameterWarning, match="while mixing data"):
-        SFTLoraConfig.for_platform("local", mixing=True, lr=3e-4)
+        warn_launch(SFTLoraConfig.for_platform("local", mixing=True, lr=3e-4))
 
 
 def test_mix_without_reasoning_instruction_following():
@@ -53,7 +54,7 @@ def test_mix_without_reasoning_instruction_following():
 def test_rai_at_zero():
     assert check_rai(MixConfig(50, {"reasoning-instruction-following": 100}))[0].code == "rai-zero"
     assert check_rai(GOOD_MIX) == []
-    assert check_rai(mix_preset("seed-001")) == []
+    assert check_rai(mix_preset("all-categories-50")) == []
     assert check_rai(MixConfig.customer_only()) == []
 
 

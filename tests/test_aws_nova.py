@@ -36,7 +36,7 @@ from nbtoolkit.training.config import EvalConfig, RFTLoraConfig, SFTLoraConfig
 BUCKET = "nbt-nova-bucket"
 LABELS = ("HQ", "LQ_EDIT", "LQ_CLOSE")
 SYSTEM = "Classify the question as HQ, LQ_EDIT or LQ_CLOSE. Answer with the label only."
-# Seed 003's overrides (REFERENCE.md §1).
+# The case study's overrides (docs/hyperparameters.md).
 SFT_OVERRIDES = {"lr": 5e-6, "warmup_steps": 17, "max_steps": 100, "global_batch_size": 64, "max_length": 8192}
 RFT_OVERRIDES = {"lr": 1e-5, "number_generation": 4, "max_new_tokens": 50, "kl_loss_coef": 0.02, "temperature": 1.0,
                  "ent_coeff": 0.01, "max_steps": 40, "save_steps": 30, "top_k": 5, "global_batch_size": 64}
@@ -80,7 +80,7 @@ def test_nova_hyperparameters_are_the_recipe_overrides(tmp_path):
                   train_file=str(tmp_path / "r.jsonl"), labels=LABELS)
     hyperparameters = nova_hyperparameters(rft)
     assert {k: hyperparameters[k] for k in RFT_OVERRIDES} == RFT_OVERRIDES
-    assert "reasoning_effort" not in hyperparameters  # null in the seed: left to the recipe
+    assert "reasoning_effort" not in hyperparameters  # null in the case study: left to the recipe
 
 
 def test_nova_plan_checks_offline(monkeypatch, tmp_path):
@@ -122,7 +122,7 @@ def test_nova_plan_checks_offline(monkeypatch, tmp_path):
 def test_mix_config_becomes_the_sdk_data_mixing_config():
     from sagemaker.train.data_mixing_config import DataMixingConfig
 
-    mix = MIX_PRESETS["seed-001"]
+    mix = MIX_PRESETS["all-categories-50"]
     kwargs = data_mixing_kwargs(mix_from(mix.to_nova()))
     sdk = DataMixingConfig(**kwargs).to_hyperparameters()
     expected = {k: v for k, v in mix.to_nova().items() if v or k == "customer_data_percent"}

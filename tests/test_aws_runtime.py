@@ -44,7 +44,9 @@ from nbtoolkit.aws import (
 )
 from nbtoolkit.aws.errors import translate
 from nbtoolkit.aws.packaging import build_source_dir
-from nbtoolkit.aws.runtime import SAGEMAKER_FILE, _ship_custom_kind, hf_training_image
+from nbtoolkit.aws.container import hf_training_image
+from nbtoolkit.aws.container import ship_custom_kind as _ship_custom_kind
+from nbtoolkit.aws.job import SAGEMAKER_FILE
 from nbtoolkit.aws.validation import (
     check_base_job_name,
     check_bucket,

@@ -306,7 +306,7 @@ def test_prepare_config_accepts_a_mapping_dict_and_a_single_html_column():
     assert config.mapping == ColumnMapping(question="q", answer="a") and config.html_columns == ("Body",)
 
 
-@pytest.mark.parametrize("split,message", [("seed-003", "2 rows cannot be split"), ("holdout", "2 rows are too few")])
+@pytest.mark.parametrize("split,message", [("sft-eval-rft", "2 rows cannot be split"), ("holdout", "2 rows are too few")])
 def test_too_few_rows_to_split_names_the_file(tmp_path, split, message):
     path = tmp_path / "two.csv"
     path.write_text("question,answer\nq1,a\nq2,b\n")
@@ -500,7 +500,7 @@ def test_a_job_whose_result_cannot_be_written_is_failed_with_the_cause(tmp_path,
 
 
 def test_status_and_wait_never_raise_for_a_read_only_run_directory(tmp_path, faulty_kind, monkeypatch):
-    import nbtoolkit.runtime.local as local
+    import nbtoolkit.runtime.status as status_module
     from nbtoolkit.runtime import JobSpec, LocalRuntime
 
     job = LocalRuntime(tmp_path / "runs").launch(JobSpec(faulty_kind, name="read-only", extra={"code": "EROFS"}))
@@ -510,7 +510,7 @@ def test_status_and_wait_never_raise_for_a_read_only_run_directory(tmp_path, fau
     def read_only(path, data):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(local, "write_json_atomic", read_only)
+    monkeypatch.setattr(status_module, "write_json_atomic", read_only)
     status = job.status()
     assert status.state == "FAILED"
     assert "read-only" in status.reason and "update status.json" in status.reason, status.reason

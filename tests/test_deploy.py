@@ -243,7 +243,7 @@ def test_upload_deploy_invoke_and_clean_up_with_moto(aws, tmp_path):
     assert any("InService" in m for m in messages) and not any(SECRET in m for m in messages)
 
 
-def test_cleanup_by_endpoint_name_follows_seed_003_for_the_role(aws):
+def test_cleanup_by_endpoint_name_detaches_and_deletes_the_role(aws):
     iam = aws.client("iam")
     iam.create_role(RoleName="blogpost-sagemaker", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"}))
     managed = iam.create_policy(PolicyName="endpoint-access", PolicyDocument=json.dumps(

@@ -19,7 +19,7 @@ def rows():
     return standard_rows(number_rows(FRAME), MAPPING, "sft")
 
 
-# Golden lines: the exact bytes written for each service format (REFERENCE.md §2).
+# Golden lines: the exact bytes written for each service format (docs/nova-data-formats.md).
 GOLDEN = {
     "converse": '{"schemaVersion": "bedrock-conversation-2024", "system": [{"text": "Classify."}], "messages": '
                 '[{"role": "user", "content": [{"text": "Loop fails\\n\\nfor i in x: pass"}]}, {"role": '

@@ -111,7 +111,7 @@ config_kwargs = st.fixed_dictionaries({}, optional={
     "mapping": mappings,
     "labels": st.one_of(st.none(), st.just("yes"), st.lists(st.sampled_from(LABELS), max_size=3).map(tuple),
                         st.lists(nasty_text, max_size=2)),
-    "split": st.sampled_from([None, "seed-003"]),
+    "split": st.sampled_from([None, "sft-eval-rft"]),
     "seed": st.one_of(st.integers(-(2**70), 2**70), st.just("1"), st.just(1.5), st.just(True), st.none()),
     "reserved": st.sampled_from(["rewrite", "drop", "reject"]),
     "encoding": st.sampled_from([None, "utf-8", "cp1252", "latin-1", "no-such-codec"]),

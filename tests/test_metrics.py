@@ -69,7 +69,7 @@ def test_rouge_by_hand():
     assert scores["rouge1"][0] == pytest.approx(2 / 3)
     assert scores["rouge2"][0] == pytest.approx(0.5)
     assert scores["rougeL"][0] == pytest.approx(2 / 3)
-    # "HQ" has no bigram, so ROUGE-2 is 0 even for a perfect answer (why the seed's ROUGE-2 is about 0.5)
+    # "HQ" has no bigram, so ROUGE-2 is 0 even for a perfect answer (why the case study's ROUGE-2 is about 0.5)
     assert scores["rouge1"][1] == 1.0 and scores["rouge2"][1] == 0.0
     # rouge_score's tokenizer splits "LQ_EDIT" into "lq edit": one unigram of two shared, no bigram shared
     assert scores["rouge1"][2] == pytest.approx(0.5) and scores["rouge2"][2] == 0.0

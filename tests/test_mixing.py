@@ -1,4 +1,5 @@
-"""Data mixing: MixConfig's §4 rules, the exact batch sampler, the general-data registry and rehearsal caching."""
+"""Data mixing: MixConfig's rules (docs/data-mixing.md), the exact batch sampler, the general-data registry and
+rehearsal caching."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from nbtoolkit.errors import DataError
 from nbtoolkit.mixing import (
     CATEGORIES,
     CUSTOMER,
-    SEED_001_WEIGHTS,
     GeneralDataRegistry,
     MixConfig,
     MixError,
@@ -35,8 +35,8 @@ from nbtoolkit.mixing.rehearsal import complete_reply, synthesize_rehearsal
 # MixConfig
 
 
-def test_seed_001_example_is_valid_and_maps_to_the_service_keys():
-    mix = mix_preset("seed-001")
+def test_the_all_categories_example_is_valid_and_maps_to_the_service_keys():
+    mix = mix_preset("all-categories-50")
     assert mix.customer_data_percent == 50
     assert math.isclose(sum(mix.category_weights.values()), 100)
     nova = mix.to_nova()
@@ -54,8 +54,8 @@ def test_effective_share_is_general_share_times_weight():
     assert shares == {CUSTOMER: 75.0, "rai": 10.0, "reasoning-instruction-following": 15.0}
     assert math.isclose(sum(shares.values()), 100)
     assert mix.table().loc["rai", "effective_percent"] == 10.0
-    seed = mix_preset("seed-001").effective_shares()
-    assert seed["reasoning-instruction-following"] == 22.5 and seed["factuality"] == 0.05
+    shares = mix_preset("all-categories-50").effective_shares()
+    assert shares["reasoning-instruction-following"] == 22.5 and shares["factuality"] == 0.05
 
 
 @pytest.mark.parametrize("customer,weights,match", [
@@ -83,7 +83,7 @@ def test_bad_category_name_suggests_the_closest():
     with pytest.raises(MixError, match="did you mean 'nova_rai_percent'"):
         MixConfig.from_nova({"customer_data_percent": 100, "nova_ria_percent": 0})
     with pytest.raises(MixError, match="mix preset"):
-        mix_preset("seed001x")
+        mix_preset("all-categories-5")
 
 
 def test_normalize_rescales_to_exactly_100_within_tolerance():

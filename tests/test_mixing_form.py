@@ -38,8 +38,8 @@ def test_weights_off_100_are_read_normalized_until_normalize_writes_them_back():
 
 def test_presets_set_every_slider_and_editing_marks_the_form_custom():
     form = MixForm()
-    form.preset.value = "seed-001"
-    assert form.value == mix_preset("seed-001")
+    form.preset.value = "all-categories-50"
+    assert form.value == mix_preset("all-categories-50")
     assert form.sliders["reasoning-instruction-following"].value == 45 and form.customer.value == 50
     form.customer.value = 70
     assert form.preset.value == "custom" and form.value.customer_data_percent == 70
@@ -70,7 +70,7 @@ def test_a_form_over_some_categories_only():
     form = MixForm(categories=["chat", "rai", "reasoning-instruction-following"])
     assert set(form.sliders) == {"chat", "rai", "reasoning-instruction-following"}
     assert set(form.value.category_weights) <= set(form.sliders)
-    form.preset.value = "seed-001"
+    form.preset.value = "all-categories-50"
     assert set(form.value.category_weights) == set(form.sliders) and "not shown here" in form.status.value
     with pytest.raises(MixError, match="does not show math"):
         form.value = MixConfig(50, {"math": 100})
@@ -82,11 +82,11 @@ def test_a_form_over_some_categories_only():
 def test_the_preset_is_named_whenever_the_sliders_equal_one():
     form = MixForm(MixConfig(60, {"chat": 100}))
     assert form.preset.value == "custom"
-    seed = mix_preset("seed-001")
+    seed = mix_preset("all-categories-50")
     for category, slider in form.sliders.items():
         slider.value = seed.category_weights.get(category, 0.0)
     form.customer.value = seed.customer_data_percent
-    assert form.preset.value == "seed-001"
+    assert form.preset.value == "all-categories-50"
     form.sliders["chat"].value += 5
     assert form.preset.value == "custom"
 

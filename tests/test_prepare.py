@@ -28,7 +28,7 @@ def kaggle_frame(n=90):
 def test_kaggle_schema_is_mapped_cleaned_split_and_validated():
     frame = kaggle_frame()
     frame.loc[4, "Body"] = "<p>User: please help</p>"
-    prepared = prepare_dataset(frame, PrepareConfig(split="seed-003"))
+    prepared = prepare_dataset(frame, PrepareConfig(split="sft-eval-rft"))
     assert prepared.schema == "kaggle-stackoverflow"
     assert prepared.mapping.question == ("Title", "Body") and prepared.mapping.answer == ("Y",)
     assert prepared.mapping.system_prompt == STACKOVERFLOW_SYSTEM_PROMPT
@@ -118,9 +118,9 @@ def test_cli_names_a_misspelled_column(tmp_path, capsys):
 
 
 @pytest.mark.shared
-def test_real_stackoverflow_parquet_with_the_seed_003_recipe(tmp_path):
+def test_real_stackoverflow_parquet_with_the_sft_eval_rft_preset(tmp_path):
     path = shared_file("stackoverflow-quality/so_quality_6750.parquet")
-    prepared = prepare_dataset(path, PrepareConfig(split="seed-003"), out_dir=tmp_path / "so")
+    prepared = prepare_dataset(path, PrepareConfig(split="sft-eval-rft"), out_dir=tmp_path / "so")
     assert prepared.schema == "stackoverflow-preprocessed"
     assert {k: len(v) for k, v in prepared.splits.items()} == {"sft": 3500, "eval": 500, "rft": 4200}
     table = prepared.label_table()

@@ -172,7 +172,7 @@ def test_precheck_warns_when_no_reply_earns_reward():
     assert result["learnable_group_share"] == 0.0
     assert any("Do SFT first" in w for w in result["warnings"])
 
-    # one positive reply in 24: a prompt-level share of 1/6 would pass seed 004's bar, the reply-level one does not
+    # one positive reply in 24: a prompt-level share of 1/6 would pass the 5% bar, the reply-level one does not
     def one_lucky_reply(samples):
         return [{"id": s["id"], "aggregate_reward_score": 1.0 if s["id"] == "q0#0" else -1.0} for s in samples]
 

@@ -30,7 +30,8 @@ from nbtoolkit.serve import (
     invoke_inference,
     resolve_serving_target,
 )
-from nbtoolkit.serve.client import chat_url, events_from_json, events_from_lines, normalize_messages
+from nbtoolkit.serve.client import chat_url, normalize_messages
+from nbtoolkit.serve.responses import events_from_json, events_from_lines
 from nbtoolkit.serve.engine import ChatEngine, Completion, GenerationSettings, RequestError, load_serving_model
 
 KEY = "nbt-test-key-3f9a7c1e"

@@ -15,8 +15,8 @@ def frame(n=4700, seed=1):
                         index=pd.RangeIndex(1, n + 1, name="row"))
 
 
-def test_seed_003_preset_sizes_and_union():
-    parts = split_with_preset(frame(), "seed-003", label_column="answer", seed=0)
+def test_sft_eval_rft_preset_sizes_and_union():
+    parts = split_with_preset(frame(), "sft-eval-rft", label_column="answer", seed=0)
     assert {k: len(v) for k, v in parts.items()} == {"sft": 3500, "eval": 500, "rft": 4200}
     sft, eval_, rft = parts["sft"], parts["eval"], parts["rft"]
     assert not set(sft.index) & set(eval_.index)
@@ -53,8 +53,8 @@ def test_global_random_state_is_untouched():
 def test_too_few_rows_fails_unless_scaled():
     small = frame(470)
     with pytest.raises(DataError, match="need 4,700 rows but the data has 470"):
-        split_with_preset(small, "seed-003", label_column="answer")
-    parts = split_with_preset(small, "seed-003", label_column="answer", scale_to_fit=True)
+        split_with_preset(small, "sft-eval-rft", label_column="answer")
+    parts = split_with_preset(small, "sft-eval-rft", label_column="answer", scale_to_fit=True)
     assert {k: len(v) for k, v in parts.items()} == {"sft": 350, "eval": 50, "rft": 420}
 
 
@@ -69,6 +69,6 @@ def test_fractions_and_unlabelled_split():
 
 
 def test_label_distribution_table():
-    parts = split_with_preset(frame(), "seed-003", label_column="answer")
+    parts = split_with_preset(frame(), "sft-eval-rft", label_column="answer")
     table = label_distribution(parts, "answer")
     assert table.loc["total", "sft"] == 3500 and set(table.index) == {"HQ", "LQ_CLOSE", "LQ_EDIT", "total"}

@@ -270,3 +270,15 @@ def test_write_csv_round_trips(tmp_path):
     for column in COLUMNS:
         assert back[column].tolist() == expected[column].tolist(), column
 
+
+
+def test_the_vocabulary_ships_as_package_data():
+    import tomllib
+    from importlib import resources
+    from pathlib import Path
+
+    folder = resources.files("nbtoolkit.data").joinpath("resources")
+    assert folder.joinpath("synthetic_topics.json").is_file() and folder.joinpath("synthetic_vocabulary.json").is_file()
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "**/*.json" in pyproject["tool"]["setuptools"]["package-data"]["nbtoolkit"]  # data/resources/ included
+    assert len(synthetic.TOPICS) >= 20 and all(isinstance(t.tags, tuple) for t in synthetic.TOPICS)

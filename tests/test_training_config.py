@@ -3,6 +3,7 @@ import warnings
 
 import pytest
 
+from nbtoolkit.advisor import warn_launch
 from nbtoolkit.training.config import (
     CONFIGS, EvalConfig, HyperparameterWarning, RFTLoraConfig, SFTFullConfig, SFTLoraConfig, load_config,
 )
@@ -53,15 +54,21 @@ def test_unknown_override_suggests_the_seed_name():
 
 def test_changing_lr_while_mixing_warns():
     with pytest.warns(HyperparameterWarning, match="while mixing data"):
-        SFTLoraConfig.for_platform("local", mixing=True, lr=3e-4)
+        warn_launch(SFTLoraConfig.for_platform("local", mixing=True, lr=3e-4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        SFTLoraConfig.for_platform("local", mixing=True)
+        warn_launch(SFTLoraConfig.for_platform("local", mixing=True))
 
 
 def test_far_from_default_lr_warns():
     with pytest.warns(HyperparameterWarning, match="10x away"):
-        SFTLoraConfig.for_platform("local", lr=1e-6)
+        warn_launch(SFTLoraConfig.for_platform("local", lr=1e-6))
+
+
+def test_a_config_holds_hard_bounds_only():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # soft rules are the advisor's: building a risky config never warns
+        SFTLoraConfig.for_platform("local", mixing=True, lr=1e-6, warmup_steps=150, max_steps=200)
 
 
 def test_json_round_trip_and_changed(tmp_path):

@@ -108,7 +108,7 @@ def test_cross_field_errors_mark_every_named_field():
     assert form.errors == {} and form.value == RFTLoraConfig.for_platform("local")
 
 
-def test_seed_004_advice_shows_as_an_inline_warning():
+def test_launch_advice_shows_as_an_inline_warning():
     form = HyperparameterForm("sft_lora")
     form.lr.value = 5e-3
     assert form.errors == {} and any("10x away" in m for m in form.warnings)

@@ -14,7 +14,8 @@ pytest.importorskip("ipywidgets")
 from nbtoolkit.runtime import JobSpec, LocalRuntime  # noqa: E402
 from nbtoolkit.training.config import SFTLoraConfig  # noqa: E402
 from nbtoolkit.ui import HyperparameterForm, JobMonitor  # noqa: E402
-from nbtoolkit.ui.monitor import WAITING_TEXT, EtaClock, clean_log, format_seconds  # noqa: E402
+from nbtoolkit.runtime.progress import EtaClock, format_seconds  # noqa: E402
+from nbtoolkit.ui.monitor import WAITING_TEXT, clean_log  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 
@@ -177,7 +178,7 @@ class SpikingJob(ScriptedJob):
                 for s in range(1, self.step + 1)]
 
 
-def test_the_monitor_shows_seed_004_advice_when_the_loss_spikes():
+def test_the_monitor_shows_advice_when_the_loss_spikes():
     monitor = JobMonitor(SpikingJob(total=10), start=False, poll=0.05)
     for _ in range(6):
         monitor.refresh()

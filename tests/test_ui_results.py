@@ -20,6 +20,7 @@ from nbtoolkit.metrics import (  # noqa: E402
     per_class_metrics,
     response_length_metrics,
 )
+from nbtoolkit.stages import eval_job_name  # noqa: E402
 from nbtoolkit.training.config import EvalConfig  # noqa: E402
 from nbtoolkit.ui import ResultsView, SampleExplorer, filter_predictions, load_stage_results  # noqa: E402
 from nbtoolkit.workspace import Workspace  # noqa: E402
@@ -71,8 +72,9 @@ def test_stage_table_has_deltas_overall_change_and_stderr(stages):
     assert table.loc["label_accuracy", "Δ rft − baseline"] == pytest.approx(5 / 6 - 2 / 6)
     stderr = stages["rft"].metrics["label_accuracy_stderr"]
     assert f"0.833 ± {stderr:.3f}" in view.styler().to_html()
-    seed = view.seed_table().to_html()
-    assert "rouge2" in seed and "bleu_lighteval_legacy" in seed and "Final result analysis" in seed
+    final = view.final_table().to_html()
+    assert "rouge2" in final and "bleu_lighteval_legacy" in final and "Final result analysis" in final
+    assert "case study" in final
 
 
 def test_figures_show_every_stage(stages):
@@ -261,9 +263,9 @@ def test_building_missing_stages_shows_a_progress_bar_per_job(tmp_path, monkeypa
         def recorder(stage, job):
             summary = ws.summary()
             Path(job.run_dir, "eval").mkdir(parents=True, exist_ok=True)
-            summary["models" if kind == "model" else "jobs"][stage if kind == "model" else f"eval-{stage}"] = \
-                str(job.run_dir)
-            ws._write(summary)
+            getattr(summary, "models" if kind == "model" else "jobs")[
+                stage if kind == "model" else eval_job_name(stage)] = str(job.run_dir)
+            summary.save(ws.workdir)
         return recorder
 
     monkeypatch.setattr(ws, "record_training", record("model"))

@@ -14,8 +14,9 @@ from __future__ import annotations
 from nbtoolkit._lazy import lazy_exports
 
 _EXPORTS = {
-    "nbtoolkit.aws.runtime": ("SageMakerRuntime", "SageMakerJob", "SageMakerJobStatus", "SageMakerDryRunReport",
-                              "map_status", "hyperparameters_for"),
+    "nbtoolkit.aws.runtime": ("SageMakerRuntime", "SageMakerDryRunReport"),
+    "nbtoolkit.aws.job": ("SageMakerJob", "SageMakerJobStatus", "map_status"),
+    "nbtoolkit.aws.container": ("hyperparameters_for",),
     "nbtoolkit.aws.session": ("AwsSession", "scrub"),
     "nbtoolkit.aws.errors": ("AwsError", "MissingCredentials", "AccessDenied", "Throttled", "BucketNotFound",
                              "RoleError", "RemoteJobFailed"),

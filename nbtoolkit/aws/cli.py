@@ -62,7 +62,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_job_command(args: argparse.Namespace) -> int:
-    from nbtoolkit.aws.runtime import SageMakerJob
+    from nbtoolkit.aws.job import SageMakerJob
 
     job = SageMakerJob.attach(args.run_dir)
     command = args.sagemaker_command

@@ -1,6 +1,6 @@
 """Deploy a fine-tuned model to a SageMaker real-time endpoint or import it into Bedrock; invoke it; clean up.
 
-SageMaker (seed 003, step 4 and 5):
+SageMaker (the case study's deploy, invoke and cleanup steps; docs/deploy.md):
 
     deployment = deploy_model("s3://bucket/models/sft/", DeployConfig("so-classifier"), session=AwsSession("us-east-1"))
     invoke_inference(deployment, "Classify ...", stream=True).show()
@@ -29,6 +29,14 @@ from typing import Any
 from nbtoolkit.aws.errors import AwsError, error_code, error_message
 from nbtoolkit.aws.session import CREDENTIAL_VARIABLES, AwsSession
 from nbtoolkit.aws.validation import GPU_INSTANCES, check_region, check_role_arn, parse_s3_uri
+from nbtoolkit.serve.responses import (
+    InferenceError,
+    InferenceResult,
+    InferenceStream,
+    StreamingUnsupported,
+    events_from_lines,
+    result_from_body,
+)
 
 CONTAINERS = ("lmi", "tgi")
 DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"
@@ -346,7 +354,7 @@ def ensure_role(aws: AwsSession, role_name: str, *, service: str, policy: dict[s
 
 def delete_role(role: str, *, session: AwsSession | Any | None = None, region: str | None = None,
                 progress: Progress | None = print) -> bool:
-    """Delete an IAM role the way seed 003's cleanup does: detach managed policies, delete inline ones, remove it
+    """Delete an IAM role the way the case study's cleanup does: detach managed policies, delete inline ones, remove it
     from instance profiles, then delete it. Accepts a name or an ARN; False when it did not exist."""
     name = role.rsplit("/", 1)[-1]
     aws = _aws(session, region)
@@ -498,7 +506,7 @@ def wait_for_endpoint(deployment: Deployment | str, *, session: AwsSession | Any
 def delete_deployment(deployment: Deployment | str, *, session: AwsSession | Any | None = None,
                       region: str | None = None, delete_role: bool | None = None,
                       progress: Progress | None = print) -> dict[str, list[str]]:
-    """Delete the endpoint, its endpoint config and model(s), and the execution role (seed 003's cleanup).
+    """Delete the endpoint, its endpoint config and model(s), and the execution role (the case study's cleanup).
 
     A Deployment names everything; an endpoint name is looked up (DescribeEndpoint, DescribeEndpointConfig).
     The role is deleted when deploy_model created it (delete_role=None), or as delete_role says. Resources already
@@ -581,8 +589,6 @@ def is_bedrock_arn(target: str) -> bool:
 
 
 def _inference_error(error: AwsError, name: str, streaming: bool):
-    from nbtoolkit.serve.client import InferenceError, StreamingUnsupported
-
     text = str(error)
     # A 404 on the streaming route: a region, VPC endpoint or emulator without InvokeEndpointWithResponseStream.
     if streaming and (error.code in ("404", "NotImplemented") or any(m in text.lower() for m in _STREAM_REFUSED)):
@@ -602,8 +608,6 @@ def invoke_endpoint(name: str, body: dict[str, Any], *, stream: bool = False,
                     started: float | None = None):
     """Send an OpenAI chat body to a SageMaker endpoint: InvokeEndpoint, or with stream=True
     InvokeEndpointWithResponseStream. Returns an InferenceResult or an InferenceStream."""
-    from nbtoolkit.serve.client import InferenceStream, events_from_lines, result_from_body
-
     aws = _aws(session, region)
     started = time.perf_counter() if started is None else started
     payload = json.dumps({**body, "stream": stream}).encode()
@@ -621,8 +625,6 @@ def invoke_endpoint(name: str, body: dict[str, Any], *, stream: bool = False,
 
 def _payload_parts(event_stream, name: str) -> Iterator[bytes]:
     from botocore.exceptions import EventStreamError
-
-    from nbtoolkit.serve.client import InferenceError
 
     try:
         for event in event_stream:
@@ -821,8 +823,6 @@ def invoke_bedrock(model_arn: str, messages: Sequence[dict[str, Any]], *, stream
                    stop: str | Sequence[str] | None = None, session: AwsSession | Any | None = None,
                    region: str | None = None, started: float | None = None):
     """Ask a Bedrock model (e.g. an imported one) through Converse / ConverseStream."""
-    from nbtoolkit.serve.client import InferenceResult, InferenceStream
-
     match = BEDROCK_ARN.match(model_arn)
     aws = _aws(session, region or (match.group("region") if match else None))
     started = time.perf_counter() if started is None else started

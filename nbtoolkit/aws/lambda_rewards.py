@@ -8,7 +8,7 @@
 The zip holds nbtoolkit's rewards and labels modules (standard library only, no pandas or torch) and, for a
 reward function of your own (`function="my_rewards.py:score"`), that module; the handler is
 `nbtoolkit.aws.reward_handler.lambda_handler`. The check invokes the deployed function on sample rows with
-nbtoolkit.rewards.verify_reward_function: the Lambda contract of REFERENCE.md §7 and "replying with the reference
+nbtoolkit.rewards.verify_reward_function: the Lambda contract of docs/metrics.md and "replying with the reference
 scores higher than a wrong reply".
 """
 
@@ -110,7 +110,7 @@ def deploy_reward_lambda(name: str, role_arn: str, *, reward: str = "binary_labe
     environment = {"Variables": reward_environment(reward, labels, function)}
     settings = {"Runtime": LAMBDA_RUNTIME, "Role": role_arn, "Handler": HANDLER, "Timeout": int(timeout),
                 "MemorySize": int(memory_mb), "Environment": environment,
-                "Description": "nbtoolkit reward function (Lambda contract of REFERENCE.md 7)"}
+                "Description": "nbtoolkit reward function (RFT reward Lambda contract)"}
     try:
         current = aws.call("lambda", "get_function", FunctionName=name)
     except AwsError as error:

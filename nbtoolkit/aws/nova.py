@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbtoolkit.aws.validation import check_lambda_arn, check_s3_uri, launch_base_name, parse_s3_uri
-from nbtoolkit.runtime.local import Check, JobSpec, detect_format
+from nbtoolkit.runtime.checks import Check, check_config, detect_format
+from nbtoolkit.runtime.spec import JobSpec
 
 if TYPE_CHECKING:
     from nbtoolkit.aws.runtime import SageMakerRuntime
@@ -34,7 +35,7 @@ COMPUTE_MODES = ("training_job", "serverless", "hyperpod")
 # kind -> (SDK class, training type, record format of train_file)
 NOVA_KINDS = {"sft_lora": ("SFTTrainer", "LORA", "converse"), "sft_full": ("SFTTrainer", "FULL", "converse"),
               "rft_lora": ("RLVRTrainer", "LORA", "rft"), "eval": ("CustomScorerEvaluator", None, "gen_qa")}
-# Config fields sent as recipe overrides, per kind (names as in the Nova recipes and the seed's overrides).
+# Config fields sent as recipe overrides, per kind (names as in the Nova recipes; docs/hyperparameters.md).
 NOVA_HYPERPARAMETERS = {
     "sft_lora": ("lr", "warmup_steps", "max_steps", "global_batch_size", "max_length", "save_steps", "alpha",
                  "lora_plus_lr_ratio"),
@@ -138,9 +139,7 @@ def plan_nova(runtime: SageMakerRuntime, spec: JobSpec, run_id: str) -> tuple[li
 
     config = spec.config
     if config is not None:
-        from nbtoolkit.aws.runtime import check_config_platform
-
-        checks.append(check_config_platform(config, "nova", "a Nova job needs Nova settings and bounds"))
+        checks.append(check_config(config, "nova", "a Nova job needs Nova settings and bounds"))
 
     extra = spec.extra or {}
     mode = runtime.nova_compute

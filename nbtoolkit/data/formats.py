@@ -1,4 +1,4 @@
-"""Standard rows and the method formats written to disk (REFERENCE.md §2) or fed to the local trainer."""
+"""Standard rows and the method formats written to disk (docs/nova-data-formats.md) or fed to the local trainer."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from nbtoolkit.errors import ConfigError, DataError, unknown_name_message
 
 METHODS = ("sft", "rft", "eval", "cpt")
 
-# The service's own key names per method (REFERENCE.md §2), translated to ColumnMapping fields.
+# The service's own key names per method (docs/nova-data-formats.md), translated to ColumnMapping fields.
 METHOD_KEYS: dict[str, dict[str, str]] = {
     "sft": {"question": "question", "answer": "answer", "system": "system"},
     "rft": {"question": "question", "reference_answer": "answer", "system": "system", "id": "id"},

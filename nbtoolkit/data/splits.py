@@ -1,4 +1,5 @@
-"""Seeded, stratified splits that never touch global random state, and the seed 003 recipe as a preset."""
+"""Seeded, stratified splits that never touch global random state, and the case study's sft/eval/rft split as a
+preset."""
 
 from __future__ import annotations
 
@@ -44,10 +45,10 @@ class SplitPreset:
 
 
 SPLIT_PRESETS: dict[str, SplitPreset] = {
-    "seed-003": SplitPreset(
-        "seed-003",
+    "sft-eval-rft": SplitPreset(
+        "sft-eval-rft",
         sizes={"sft": 3500, "eval": 500, "rft": 700},
-        # RFT trains on its own rows plus every SFT row, so it keeps what SFT taught (seed 003).
+        # RFT trains on its own rows plus every SFT row, so it keeps what SFT taught (docs/case-study.md).
         unions={"rft": ("rft", "sft")},
         description="3,500 SFT / 500 eval / 700 RFT; the RFT set is the 700 RFT rows plus all 3,500 SFT rows",
     ),

@@ -28,6 +28,6 @@ TASKS: dict[str, TaskPreset] = {
         "stackoverflow-quality",
         labels=("HQ", "LQ_EDIT", "LQ_CLOSE"),
         system_prompt=STACKOVERFLOW_SYSTEM_PROMPT,
-        description="classify a Stack Overflow question as HQ, LQ_EDIT or LQ_CLOSE (seed 003's case study)",
+        description="classify a Stack Overflow question as HQ, LQ_EDIT or LQ_CLOSE (docs/case-study.md)",
     ),
 }

@@ -16,7 +16,7 @@ from nbtoolkit.errors import DataError, closest_name
 Severity = Literal["error", "warning"]
 PLATFORMS = ("local", "sagemaker", "bedrock")
 
-# (platform, method) -> (min rows, max rows); REFERENCE.md §3 (Bedrock, Nova 2 Lite).
+# (platform, method) -> (min rows, max rows); Amazon Bedrock's limits for Nova 2 Lite (docs/nova-data-formats.md).
 ROW_BOUNDS: dict[tuple[str, str], tuple[int, int]] = {
     ("bedrock", "sft"): (200, 20_000),
     ("bedrock", "rft"): (100, 20_000),

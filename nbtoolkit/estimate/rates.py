@@ -27,7 +27,7 @@ from typing import Any
 from nbtoolkit.errors import NbtoolkitError
 from nbtoolkit.estimate.core import CALIBRATED_SPREAD, RECORDED_SPREAD, Rate
 from nbtoolkit.runtime.events import JOB_FILE, RESULT_FILE, read_json, read_metrics, write_json_atomic
-from nbtoolkit.runtime.worker import BUILTIN_KINDS
+from nbtoolkit.runtime.spec import BUILTIN_KINDS
 
 CACHE_FORMAT = 1
 CACHE_FILE = "estimates.json"

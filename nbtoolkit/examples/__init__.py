@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbtoolkit.errors import NbtoolkitError
+from nbtoolkit.stages import STAGES_FILE, eval_job_name
 
 if TYPE_CHECKING:
     from nbtoolkit.evaluation import EvalResult
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 EXAMPLE_DIR = Path(__file__).resolve().parent / "run"
 # Points the loaders at another packed run (a test's, or one you packed yourself) instead of the bundled one.
 EXAMPLE_DIR_ENV = "NBTOOLKIT_EXAMPLE_DIR"
-STAGES_FILE = "stages.json"
 EXAMPLE_SUFFIX = " (example)"
 # Keeps the wheel small: the example is read in seconds on 2 cores.
 MAX_EXAMPLE_BYTES = 600_000
@@ -53,7 +53,7 @@ def example_results(directory: str | os.PathLike | None = None) -> dict[str, Eva
     jobs = summary.get("jobs", {})
     results = {}
     for stage in summary.get("stages", {}):
-        relative = jobs.get(f"eval-{stage}")
+        relative = jobs.get(eval_job_name(stage))
         if relative and (root / relative / "eval.json").is_file():
             results[f"{stage}{EXAMPLE_SUFFIX}"] = EvalResult.load(root / relative)
     if not results:
@@ -92,17 +92,17 @@ def _pack(source: Path, summary: dict[str, Any], staging: Path, description: str
 
     jobs = {}
     for stage in summary.get("stages", {}):
-        run_dir = summary.get("jobs", {}).get(f"eval-{stage}")
+        run_dir = summary.get("jobs", {}).get(eval_job_name(stage))
         if not run_dir:
             continue
         run_dir = Path(run_dir) if Path(run_dir).is_absolute() else source / run_dir
         eval_dir = run_dir if (run_dir / "eval.json").is_file() else run_dir / "eval"
-        EvalResult.load(eval_dir).save(staging / f"eval-{stage}")
-        jobs[f"eval-{stage}"] = f"eval-{stage}"
+        EvalResult.load(eval_dir).save(staging / eval_job_name(stage))
+        jobs[eval_job_name(stage)] = eval_job_name(stage)
     if not jobs:
         raise NbtoolkitError(f"{source / STAGES_FILE} lists no evaluated stage to pack")
     packed: dict[str, Any] = {key: summary[key] for key in ("profile", "model", "labels", "notes") if key in summary}
-    packed.update(stages={s: m for s, m in summary["stages"].items() if f"eval-{s}" in jobs}, jobs=jobs,
+    packed.update(stages={s: m for s, m in summary["stages"].items() if eval_job_name(s) in jobs}, jobs=jobs,
                   example={"description": description})
     write_json_atomic(staging / STAGES_FILE, packed)
     size = sum(path.stat().st_size for path in staging.rglob("*") if path.is_file())

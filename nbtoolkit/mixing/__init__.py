@@ -1,4 +1,5 @@
-"""Data mixing: MixConfig (REFERENCE.md §4), general-data sources, self-synthesized rehearsal, exact batches.
+"""Data mixing: MixConfig (rules in docs/data-mixing.md), general-data sources, self-synthesized rehearsal,
+exact batches.
 
     mix = MixConfig(50, {"reasoning-instruction-following": 60, "instruction-following": 30, "rai": 10})
     registry = GeneralDataRegistry(); registry.add_rehearsal()
@@ -11,7 +12,7 @@ from nbtoolkit.mixing.config import (
     CUSTOMER,
     DEFAULT_LOCAL_WEIGHTS,
     MIX_PRESETS,
-    SEED_001_WEIGHTS,
+    ALL_CATEGORIES_WEIGHTS,
     MixConfig,
     MixError,
     mix_preset,
@@ -27,7 +28,7 @@ from nbtoolkit.mixing.training import MIX_FILE, MixedTraining, mixed_training
 
 __all__ = [
     "CATEGORIES", "CUSTOMER", "DEFAULT_LOCAL_WEIGHTS", "GENERAL_PROMPTS", "MIX_FILE", "MIX_PRESETS",
-    "SEED_001_WEIGHTS", "FileSource", "GeneralDataRegistry", "MixConfig", "MixError", "MixedBatchOrder",
+    "ALL_CATEGORIES_WEIGHTS", "FileSource", "GeneralDataRegistry", "MixConfig", "MixError", "MixedBatchOrder",
     "MixedTraining", "RehearsalSource", "deal_rows", "detect_schema", "exact_shares", "mix_preset",
     "mix_problems", "mixed_order", "mixed_training", "mixing_extra", "normalize_weights", "nova_key",
     "rehearsal_prompts", "synthesize_rehearsal",

@@ -1,5 +1,5 @@
 """MixConfig: how much of each training batch comes from the user's data and how the rest splits among
-general-capability categories, with the exact rules of the Nova data-mixing config (REFERENCE.md §4).
+general-capability categories, with the exact rules of the Nova data-mixing config (docs/data-mixing.md).
 
 customer_data_percent (0-100) is the user's share of every batch. The category weights split the remaining
 share and sum to 100 among themselves (within 0.01); with customer_data_percent == 100 they must all be 0.
@@ -30,7 +30,7 @@ NOVA_PREFIX, NOVA_SUFFIX = "nova_", "_percent"
 
 
 class MixError(NbtoolkitError, ValueError):
-    """A data-mixing config breaks the rules of REFERENCE.md §4."""
+    """A data-mixing config breaks the rules of docs/data-mixing.md."""
 
 
 def nova_key(category: str) -> str:
@@ -46,7 +46,7 @@ def check_category(name: str) -> str:
 
 
 def mix_problems(customer_data_percent: float, weights: Mapping[str, float]) -> list[str]:
-    """Every rule of §4 the values break (empty when they form a valid mix); unknown names are not checked here."""
+    """Every mixing rule the values break (empty when they form a valid mix); unknown names are not checked here."""
     problems = []
     if not 0 <= customer_data_percent <= 100:
         problems.append(f"customer_data_percent must be between 0 and 100, got {customer_data_percent:g}")
@@ -121,7 +121,8 @@ class MixConfig:
         return cls(100.0, {})
 
     def with_customer_percent(self, customer_data_percent: float) -> MixConfig:
-        """The same category weights with another customer share (seed 004: vary the general share across runs).
+        """The same category weights with another customer share (hold your data fixed and vary the general share
+        across runs).
         Going from 100 to less needs weights: the advised default weights are used then."""
         if customer_data_percent >= 100:
             return MixConfig.customer_only()
@@ -233,22 +234,22 @@ class MixConfig:
         return f"MixConfig: {parts}"
 
 
-# Seed 001's example override (customer 50%, every category weighted; the weights sum to 100).
-SEED_001_WEIGHTS = {
+# The data-mixing post's example override (customer 50%, every category weighted; the weights sum to 100).
+ALL_CATEGORIES_WEIGHTS = {
     "agents": 1, "baseline": 10, "chat": 0.5, "factuality": 0.1, "identity": 1, "long-context": 1, "math": 2,
     "rai": 1, "instruction-following": 13, "stem": 10.5, "planning": 10, "reasoning-chat": 0.5,
     "reasoning-code": 0.5, "reasoning-factuality": 0.5, "reasoning-instruction-following": 45,
     "reasoning-math": 0.5, "reasoning-planning": 0.5, "reasoning-rag": 0.4, "reasoning-rai": 0.5,
     "reasoning-stem": 0.4, "rag": 1, "translation": 0.1,
 }
-# A compact default for local runs, following seed 004: reasoning-instruction-following always in, rai non-zero.
+# A compact default for local runs: reasoning-instruction-following always in, rai non-zero (docs/data-mixing.md).
 DEFAULT_LOCAL_WEIGHTS = {
     "reasoning-instruction-following": 40, "instruction-following": 20, "chat": 10, "math": 10, "baseline": 10,
     "stem": 5, "rai": 5,
 }
 
 MIX_PRESETS: dict[str, MixConfig] = {
-    "seed-001": MixConfig(50, SEED_001_WEIGHTS),
+    "all-categories-50": MixConfig(50, ALL_CATEGORIES_WEIGHTS),
     "balanced-50": MixConfig(50, DEFAULT_LOCAL_WEIGHTS),
     "customer-75": MixConfig(75, DEFAULT_LOCAL_WEIGHTS),
     "customer-only": MixConfig.customer_only(),
@@ -256,7 +257,7 @@ MIX_PRESETS: dict[str, MixConfig] = {
 
 
 def mix_preset(name: str) -> MixConfig:
-    """A named preset: seed-001 (the blog's example), balanced-50, customer-75, customer-only."""
+    """A named preset: all-categories-50 (the data-mixing post's example), balanced-50, customer-75, customer-only."""
     if name not in MIX_PRESETS:
         raise MixError(unknown_name_message("mix preset", name, MIX_PRESETS))
     return MIX_PRESETS[name]

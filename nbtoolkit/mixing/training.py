@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nbtoolkit.data.chat import read_chat_rows
 from nbtoolkit.errors import DataError
+from nbtoolkit.runtime.events import write_json_atomic
 from nbtoolkit.mixing.config import CUSTOMER, MixConfig, MixError
 from nbtoolkit.mixing.sampler import MixedBatchOrder, mixed_order
 
@@ -29,8 +31,6 @@ class MixedTraining:
 
     def record(self, run_dir: str | Path, steps: int, *, planned_steps: int | None = None) -> dict[str, Any]:
         """Write run_dir/mix.json: the target mix, the general data files and what `steps` steps trained on."""
-        from nbtoolkit.runtime.events import write_json_atomic
-
         data = {"mix": self.mix.to_dict(), "nova": self.mix.to_nova(),
                 "target_percent": self.mix.effective_shares(), "general_data": self.files,
                 "realized": self.order.realized(steps)}
@@ -50,8 +50,6 @@ def mixed_training(mix: MixConfig | Mapping[str, Any], general_data: Mapping[str
                    warn: Callable[[str], None] = print) -> MixedTraining:
     """Read and tokenize each category's chat file (rows whose answer cannot fit max_length are dropped and
     reported) and build the batch order. `tokenize(rows, source)` is the trainer's tokenizer for a row list."""
-    from nbtoolkit.training.sft import read_chat_rows
-
     mix = mix if isinstance(mix, MixConfig) else MixConfig.from_dict(mix)
     general_data = dict(general_data or {})
     if not mix.mixing:

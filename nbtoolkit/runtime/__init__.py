@@ -17,25 +17,22 @@ from nbtoolkit._lazy import lazy_exports
 
 _EXPORTS = {
     "nbtoolkit.runtime.events": ("COMPLETED", "FAILED", "IN_PROGRESS", "JOB_STATES", "RunLog", "read_metrics"),
-    "nbtoolkit.runtime.local": ("Check", "DryRunReport", "Job", "JobError", "JobFailed", "JobSpec", "JobStatus",
-                                "LaunchError", "LocalRuntime"),
-    "nbtoolkit.runtime.results": ("TrainingResult",),
+    "nbtoolkit.runtime.checks": ("Check", "DryRunReport", "LaunchError"),
+    "nbtoolkit.runtime.local": ("Job", "LocalRuntime"),
+    "nbtoolkit.runtime.progress": ("JobSnapshot", "EtaClock"),
+    "nbtoolkit.runtime.results": ("TrainingResult", "JobFailed"),
+    "nbtoolkit.runtime.spec": ("JobSpec",),
+    "nbtoolkit.runtime.status": ("JobError", "JobStatus"),
     "nbtoolkit.runtime.worker": ("JobCancelled",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from nbtoolkit.runtime.events import COMPLETED, FAILED, IN_PROGRESS, JOB_STATES, RunLog, read_metrics
-    from nbtoolkit.runtime.local import (
-        Check,
-        DryRunReport,
-        Job,
-        JobError,
-        JobFailed,
-        JobSpec,
-        JobStatus,
-        LaunchError,
-        LocalRuntime,
-    )
-    from nbtoolkit.runtime.results import TrainingResult
+    from nbtoolkit.runtime.checks import Check, DryRunReport, LaunchError
+    from nbtoolkit.runtime.local import Job, LocalRuntime
+    from nbtoolkit.runtime.progress import EtaClock, JobSnapshot
+    from nbtoolkit.runtime.results import JobFailed, TrainingResult
+    from nbtoolkit.runtime.spec import JobSpec
+    from nbtoolkit.runtime.status import JobError, JobStatus
     from nbtoolkit.runtime.worker import JobCancelled

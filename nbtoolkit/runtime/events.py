@@ -27,7 +27,7 @@ STDOUT_FILE = "stdout.log"
 PID_FILE = "worker.pid"
 CHECKPOINT_DIR = "checkpoints"
 
-# Job states, as the SageMaker path reports them (REFERENCE.md §1); a stop is FAILED with stopped=True.
+# Job states, as the SageMaker path reports them (docs/case-study.md); a stop is FAILED with stopped=True.
 IN_PROGRESS = "IN_PROGRESS"
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"
@@ -133,6 +133,19 @@ def drop_metrics_after(run_dir: str | os.PathLike, step: int) -> int:
     tmp.write_text("".join(kept), encoding="utf-8")
     os.replace(tmp, path)
     return len(lines) - len(kept)
+
+
+def tail_text(path: Path, lines: int) -> str:
+    """The last `lines` lines of a text file (reads only its end); "" when it does not exist."""
+    if not path.exists() or lines <= 0:
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        block = min(size, max(8192, lines * 400))
+        handle.seek(size - block)
+        text = handle.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def new_run_dir(parent: str | os.PathLike, prefix: str) -> Path:

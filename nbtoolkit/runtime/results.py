@@ -20,6 +20,7 @@ from nbtoolkit.runtime.events import (
     read_metrics,
     write_json_atomic,
 )
+from nbtoolkit.runtime.status import JobError, read_status
 
 DUMP_FORMAT = "nbtoolkit.TrainingResult/1"
 # Where a job's outputs land when its returned dict does not say: path name -> candidates inside the run dir.
@@ -119,9 +120,7 @@ class TrainingResult:
         result = read_json(run_dir / RESULT_FILE)
         status = read_json(run_dir / STATUS_FILE, {})
         if status.get("state") == IN_PROGRESS:
-            from nbtoolkit.runtime.local import Job
-
-            live = Job(run_dir).status()  # FAILED when the worker died without a word (even if unrecorded)
+            live = read_status(run_dir)  # FAILED when the worker died without a word (even if unrecorded)
             status = {**status, "state": live.state, "reason": live.reason, "stopped": live.stopped,
                       "ended": live.ended}
         if result is None or result.get("attempt", 0) < status.get("attempt", 0):
@@ -212,3 +211,12 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return value
+
+
+class JobFailed(JobError):
+    """Job.wait() saw the job end FAILED; `.result` holds the TrainingResult, `.logs` the log tail."""
+
+    def __init__(self, result: TrainingResult, logs: str) -> None:
+        self.result = result
+        self.logs = logs
+        super().__init__(f"job {result.name!r} FAILED: {result.reason} (run dir {result.run_dir})\n{logs}")

@@ -35,11 +35,10 @@ from nbtoolkit.runtime.events import (
     utc_now,
     write_json_atomic,
 )
+from nbtoolkit.runtime.spec import BUILTIN_KINDS
+from nbtoolkit.runtime.status import CANCELLED, WORKER_FAILED
+from nbtoolkit.training.config import config_from_dict
 
-BUILTIN_KINDS = ("sft_lora", "sft_full", "rft_lora", "eval")
-# The line a worker prints (to stdout.log) when it cannot record its end in status.json.
-WORKER_FAILED = "nbtoolkit worker: FAILED:"
-CANCELLED = "cancelled"
 TRACEBACK_LINES = 15
 
 
@@ -96,16 +95,6 @@ def _accepts(function: Callable[..., Any]) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def _config_from(job: dict[str, Any]):
-    data = job.get("config")
-    if data is None:
-        return None
-    from nbtoolkit.training.config import CONFIGS
-
-    data = dict(data)
-    return CONFIGS[data.pop("method")].from_dict(data)
-
-
 def _as_dict(output: Any) -> dict[str, Any]:
     if output is None:
         return {}
@@ -155,24 +144,25 @@ def run(run_dir: str | os.PathLike) -> int:
     started = time.perf_counter()
     status = {"state": IN_PROGRESS, "reason": None, "stopped": False, "pid": os.getpid(),
               "host": socket.gethostname(), "attempt": attempt, "started": started_wall, "ended": None}
-    write_json_atomic(run_dir / STATUS_FILE, status)
     log = RunLog(run_dir, echo=None)
+    # Handlers before status.json says "started" (what cancel() waits for): until the job function runs, a stop
+    # request only sets the flag, and the job then ends as a stop instead of the worker dying mid-start.
+    stopper = _Stopper(log, cooperative=True)
+    signal.signal(signal.SIGTERM, stopper)
+    signal.signal(signal.SIGINT, stopper)
+    write_json_atomic(run_dir / STATUS_FILE, status)
     kind = job["kind"]
     log.info(f"worker pid {os.getpid()}: {kind} job {job['spec'].get('name')!r}, attempt {attempt}"
              + (" (resuming from checkpoints)" if job.get("resume") else ""))
-    from nbtoolkit.tracking import start_tracking
-
-    tracker = start_tracking(run_dir, job, log)  # MLflow, on a background thread; a no-op when off
-
-    stopper = _Stopper(log, cooperative=False)
-    signal.signal(signal.SIGTERM, stopper)
-    signal.signal(signal.SIGINT, stopper)
     output: dict[str, Any] = {}
     reason = None
+    tracker = None
     try:
+        from nbtoolkit.tracking import start_tracking
+
+        tracker = start_tracking(run_dir, job, log)  # MLflow, on a background thread; a no-op when off
         function = load_job_function(kind)
         names, takes_any = _accepts(function)
-        stopper.cooperative = takes_any or "stop_event" in names
         spec = job["spec"]
         offered = {"model": job.get("model"), "train_file": job.get("train_file"), "eval_file": job.get("eval_file"),
                    "labels": list(spec["labels"]) if spec.get("labels") is not None else None,
@@ -186,7 +176,10 @@ def run(run_dir: str | os.PathLike) -> int:
                 kwargs[key] = value
             else:
                 log.warning(f"extra {key!r} ignored: {kind} does not take it")
-        output = _as_dict(function(_config_from(job), **kwargs))
+        if stopper.event.is_set():
+            raise JobCancelled("stop requested before the job function started")
+        stopper.cooperative = takes_any or "stop_event" in names
+        output = _as_dict(function(config_from_dict(job["config"]) if job.get("config") else None, **kwargs))
         if stopper.event.is_set() or output.get("status") == "stopped":
             state, reason = FAILED, CANCELLED
         else:
@@ -234,7 +227,8 @@ def run(run_dir: str | os.PathLike) -> int:
               flush=True)
         return 1
     # After status.json, so nobody waits for MLflow; a cancelled job gets little time (cancel() waits for us).
-    tracker.finish(state, result, timeout=5.0 if stopped else 60.0)
+    if tracker is not None:
+        tracker.finish(state, result, timeout=5.0 if stopped else 60.0)
     return 0 if state == COMPLETED else 1
 
 

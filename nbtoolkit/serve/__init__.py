@@ -15,20 +15,15 @@ from typing import TYPE_CHECKING
 from nbtoolkit._lazy import lazy_exports
 
 _EXPORTS = {
-    "nbtoolkit.serve.client": ("InferenceError", "InferenceResult", "InferenceStream", "StreamingUnsupported",
-                               "invoke_inference"),
+    "nbtoolkit.serve.client": ("invoke_inference",),
+    "nbtoolkit.serve.responses": ("InferenceError", "InferenceResult", "InferenceStream", "StreamingUnsupported"),
     "nbtoolkit.serve.server": ("LocalServer", "ServeConfig", "ServeError", "run_server"),
     "nbtoolkit.serve.engine": ("ChatEngine", "load_serving_model", "resolve_serving_target"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from nbtoolkit.serve.client import (
-        InferenceError,
-        InferenceResult,
-        InferenceStream,
-        StreamingUnsupported,
-        invoke_inference,
-    )
+    from nbtoolkit.serve.client import invoke_inference
+    from nbtoolkit.serve.responses import InferenceError, InferenceResult, InferenceStream, StreamingUnsupported
     from nbtoolkit.serve.engine import ChatEngine, load_serving_model, resolve_serving_target
     from nbtoolkit.serve.server import LocalServer, ServeConfig, ServeError, run_server

@@ -1,28 +1,28 @@
 """Hyperparameter configs per method, with help text, bounds and two sets of defaults side by side.
 
-`local` defaults are calibrated for the embedded 135M model on a CPU; `nova` defaults and bounds are those of
-REFERENCE.md §5 for the SageMaker path. Field names follow the seed's override names (lr, warmup_steps,
-max_steps, global_batch_size, max_length, alpha; number_generation, kl_loss_coef, temperature, top_k,
+`local` defaults are calibrated for the embedded 135M model on a CPU; `nova` defaults and bounds are Amazon Nova's
+published ones for the SageMaker path (docs/hyperparameters.md). Field names follow the Nova override names (lr,
+warmup_steps, max_steps, global_batch_size, max_length, alpha; number_generation, kl_loss_coef, temperature, top_k,
 ent_coeff, max_new_tokens, save_steps).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from nbtoolkit.errors import unknown_name_message
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PLATFORMS = ("local", "nova")
 
 
 class HyperparameterWarning(UserWarning):
-    """A value inside the bounds that the seeds advise against."""
+    """A value inside the bounds that the advisor warns about (raised at launch, never by a config)."""
 
 
 def _help(text: str, **extra: Any) -> dict:
@@ -86,6 +86,8 @@ class MethodConfig:
     @classmethod
     def defaults_table(cls) -> pd.DataFrame:
         """Every hyperparameter with its local and Nova defaults, bounds and help, side by side."""
+        import pandas as pd  # on use: a job's worker reads configs without loading pandas
+
         rows = []
         for f in fields(cls):
             if f.name == "platform":
@@ -124,7 +126,7 @@ class MethodConfig:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(json.dumps({"method": self.METHOD, **self.to_dict()}, indent=2))
+        path.write_text(json.dumps(config_to_dict(self), indent=2))
         return path
 
 
@@ -156,21 +158,19 @@ class _TrainingFields(MethodConfig):
         if self.global_batch_size % self.micro_batch_size and self.platform == "local":
             raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of "
                              f"micro_batch_size ({self.micro_batch_size})")
-        if self.save_steps > self.max_steps:
-            raise ValueError(f"save_steps ({self.save_steps}) must be <= max_steps ({self.max_steps})")
+        problem = save_steps_problem(self.save_steps, self.max_steps)
+        if problem:
+            raise ValueError(problem)
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
-        default_lr = self.DEFAULTS.get(self.platform, {}).get("lr")
-        from nbtoolkit.advisor import check_lr_while_mixing
 
-        for advice in check_lr_while_mixing(self.lr, default_lr, self.mixing):
-            warnings.warn(advice.message, HyperparameterWarning, stacklevel=3)
-        if default_lr and not default_lr / 10 <= self.lr <= default_lr * 10:
-            warnings.warn(f"lr {self.lr:g} is more than 10x away from the calibrated default {default_lr:g}",
-                          HyperparameterWarning, stacklevel=3)
-        if self.warmup_steps > 0.5 * self.max_steps:
-            warnings.warn(f"warmup_steps {self.warmup_steps} is over half of max_steps {self.max_steps}; "
-                          "about 15% is usual", HyperparameterWarning, stacklevel=3)
+
+def save_steps_problem(save_steps: int, max_steps: int) -> str | None:
+    """The hard rule on the checkpoint interval: a save_steps beyond the run saves nothing to resume from."""
+    if save_steps <= max_steps:
+        return None
+    return (f"save_steps ({save_steps}) must be <= max_steps ({max_steps}): no checkpoint would be saved during "
+            "the run")
 
 
 _LOCAL_TRAINING_BOUNDS = {
@@ -310,10 +310,20 @@ CONFIGS: dict[str, type[MethodConfig]] = {c.METHOD: c for c in (SFTLoraConfig, S
                                                                    EvalConfig)}
 
 
+def config_to_dict(config: MethodConfig | None) -> dict[str, Any] | None:
+    """A config as JSON data: {"method": ..., **fields} (what MethodConfig.save writes)."""
+    return None if config is None else {"method": config.METHOD, **config.to_dict()}
+
+
+def config_from_dict(data: dict[str, Any], *, method: str | None = None) -> MethodConfig:
+    """The config `config_to_dict` wrote; `method` names the class when the data carries no "method" key."""
+    data = dict(data)
+    method = data.pop("method", None) or method
+    if method not in CONFIGS:
+        raise ValueError(unknown_name_message("config method", str(method), CONFIGS))
+    return CONFIGS[method].from_dict(data)
+
+
 def load_config(path: str | Path) -> MethodConfig:
     """A config saved with `MethodConfig.save`."""
-    data = json.loads(Path(path).read_text())
-    method = data.pop("method", None)
-    if method not in CONFIGS:
-        raise ValueError(unknown_name_message("method", str(method), CONFIGS))
-    return CONFIGS[method].from_dict(data)
+    return config_from_dict(json.loads(Path(path).read_text()))

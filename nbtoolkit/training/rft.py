@@ -1,9 +1,9 @@
 """Reinforcement fine-tuning (GRPO with LoRA) of a local model, through TRL's GRPOTrainer.
 
 `run_rft` starts from a full model directory (usually an SFT run's `model/`), first measures whether the starting
-model earns any reward (REFERENCE.md §5: under ~5% positive means "do SFT first"), then trains LoRA adapters with
-GRPO. It writes metrics.jsonl rows and the warning signs of seed 003 (reward collapse, KL blow-up, replies hitting
-max_new_tokens) through RunLog, checkpoints for resume, and ends with `adapter/` and a merged `model/`.
+model earns any reward (under ~5% positive means "do SFT first", docs/hyperparameters.md), then trains LoRA adapters
+with GRPO. It writes metrics.jsonl rows and the warning signs of a failing run (reward collapse, KL blow-up, replies
+hitting max_new_tokens) through RunLog, checkpoints for resume, and ends with `adapter/` and a merged `model/`.
 
 How our hyperparameters map onto TRL 1.16 (see `grpo_args`):
 - Batching. A GRPO batch counts completions, not prompts. per_device_train_batch_size = micro_batch_size,
@@ -106,7 +106,7 @@ def load_rft_records(path: str | os.PathLike, *, tokenizer=None, max_prompt_toke
 
 
 def _samples(record: dict, replies: Sequence[str]) -> list[dict]:
-    """Reward-contract samples (REFERENCE.md §7) of one prompt's replies."""
+    """Reward-contract samples (docs/metrics.md) of one prompt's replies."""
     return [{"id": f"{record['id']}#{k}" if len(replies) > 1 else record["id"],
              "messages": [*record["messages"], {"role": "assistant", "content": reply}],
              "reference_answer": record["reference_answer"]} for k, reply in enumerate(replies)]
@@ -258,7 +258,8 @@ def positive_share_precheck(loaded: LoadedModel, records: Sequence[dict], reward
     positive_share is nbtoolkit.rewards.positive_reward_share: the share of prompts where some reply earns
     reward > 0. Also: the share of replies with reward > 0, and the share of prompt groups whose rewards differ
     (the only ones GRPO learns from). Warnings: under 5% of prompts or of replies positive means do SFT first
-    (seed 004); nearly every reply positive means no signal; most replies hitting max_new_tokens means cut answers.
+    (docs/hyperparameters.md); nearly every reply positive means no signal; most replies hitting max_new_tokens
+    means cut answers.
     """
     started = time.perf_counter()
     chosen = random.Random(config.seed).sample(list(records), min(n_prompts, len(records)))
@@ -281,13 +282,13 @@ def positive_share_precheck(loaded: LoadedModel, records: Sequence[dict], reward
         "seconds": round(time.perf_counter() - started, 2),
         "warnings": [],
     }
-    # Prompt-level share is seed 004's measure; with sampled replies one lucky prompt in 16 passes it, so the
+    # Prompt-level share is the published measure; with sampled replies one lucky prompt in 16 passes it, so the
     # reply-level share (how often a group holds a positive reply at all) must clear the bar too.
     if share < POSITIVE_SHARE_LOW or result["reply_positive_share"] < POSITIVE_SHARE_LOW:
         result["warnings"].append(
             f"the starting model earns a positive reward on only {share:.1%} of sampled prompts and "
             f"{result['reply_positive_share']:.1%} of replies ({n} per prompt; under {POSITIVE_SHARE_LOW:.0%}): "
-            "RFT has almost nothing to reinforce. Do SFT first and start RFT from the SFT model (seed 004)")
+            "RFT has almost nothing to reinforce. Do SFT first and start RFT from the SFT model")
     elif result["reply_positive_share"] > POSITIVE_SHARE_HIGH:
         result["warnings"].append(
             f"the starting model already earns a positive reward on {result['reply_positive_share']:.1%} of sampled "
@@ -376,7 +377,8 @@ def metrics_row(logs: dict, step: int, seconds_per_step: float | None = None, *,
 
 
 class TrainingHealth:
-    """Watches metrics rows for seed 003's warning signs; each kind is reported once, with its step."""
+    """Watches metrics rows for the warning signs of a failing RFT run (docs/case-study.md); each kind is reported
+    once, with its step."""
 
     def __init__(self) -> None:
         self.rewards: list[float] = []
@@ -530,7 +532,7 @@ def run_rft(
 ) -> dict:
     """GRPO with LoRA from `model` (a full model directory or name) on the prompts of train_file.
 
-    reward_fn follows the reward-contract (REFERENCE.md §7); without it config.reward is looked up in
+    reward_fn follows the reward contract (docs/metrics.md); without it config.reward is looked up in
     nbtoolkit.rewards.REWARDS and built for `labels`. stop_event (anything with is_set()) stops after the current
     step with a checkpoint; resume=True continues from the newest checkpoint in run_dir/checkpoints. Returns a
     JSON-ready summary; the merged model lands in run_dir/model (load it with load_model), the adapter in

@@ -6,18 +6,9 @@ import html
 import io
 from typing import Any
 
+from nbtoolkit.theme import COLOURS, MUTED
+
 MIN_IPYWIDGETS = (8, 0)
-# Colours as JupyterLab theme variables (light and dark themes both read well), with light fallbacks for
-# frontends without them (classic Notebook, static HTML).
-COLOURS = {
-    "muted": "var(--jp-ui-font-color2, #57606a)",
-    "ok": "var(--jp-success-color1, #1a7f37)",
-    "warning": "var(--jp-warn-color0, #9a6700)",
-    "error": "var(--jp-error-color1, #cf222e)",
-    "border": "var(--jp-border-color2, #d0d7de)",
-    "accent": "var(--jp-brand-color1, #1f6feb)",
-}
-MUTED = COLOURS["muted"]
 INSTALL_HINT = ("pip install 'nbtoolkit[notebook]' (ipywidgets>=8.1 in the kernel; on JupyterLab 4 / SageMaker "
                 "Studio also jupyterlab_widgets>=3 where the server runs), then restart the kernel")
 

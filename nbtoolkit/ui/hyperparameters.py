@@ -6,16 +6,16 @@ import dataclasses
 import html
 import json
 import threading
-import warnings
 from typing import Any
 
+from nbtoolkit.advisor import advise_launch
 from nbtoolkit.errors import NbtoolkitError, unknown_name_message
-from nbtoolkit.training.config import CONFIGS, PLATFORMS, HyperparameterWarning, MethodConfig
+from nbtoolkit.training.config import CONFIGS, PLATFORMS, MethodConfig
 from nbtoolkit.ui._base import WidgetView, widgets_missing_html
 from nbtoolkit.ui._widgets import COLOURS, FULL_WIDTH, MUTED, add_classes, message_html, widgets
 
 PLATFORM_TITLES = {"local": "local: calibrated for the embedded 135M model on a CPU",
-                   "nova": "Nova: Amazon Nova on SageMaker (the service's documented bounds)"}
+                   "nova": "Nova: Amazon Nova on SageMaker (its published bounds, docs/hyperparameters.md)"}
 # A changed field keeps the theme's own input colours (text stays readable in light and dark themes) and gets a
 # bar on its left in the theme's warning colour.
 _STYLE = f"""<style>
@@ -271,22 +271,15 @@ class HyperparameterForm(WidgetView):
         cls, platform = self.config_class, self.platform.value
         values = self._values()
         errors = dict(cls.bound_problems(platform, values))
-        caught_warnings: list[str] = []
         config = None
         if not errors:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    config = cls(platform=platform, **values)
-                except (ValueError, TypeError) as error:
-                    message = str(error)
-                    named = [n for n in self.fields if f"{n} (" in message or f"{n}=" in message] or ["(config)"]
-                    errors.update({n: message for n in named})
-            caught_warnings = [str(c.message) for c in caught if issubclass(c.category, HyperparameterWarning)]
-        if config is not None:
-            from nbtoolkit.advisor import advise_launch
-
-            caught_warnings += [a.message for a in advise_launch(config) if a.message not in caught_warnings]
+            try:
+                config = cls(platform=platform, **values)
+            except (ValueError, TypeError) as error:
+                message = str(error)
+                named = [n for n in self.fields if f"{n} (" in message or f"{n}=" in message] or ["(config)"]
+                errors.update({n: message for n in named})
+        caught_warnings = [a.message for a in advise_launch(config)] if config is not None else []
         self.errors, self.warnings = errors, caught_warnings
         defaults = cls.for_platform(platform).to_dict()
         for name, widget in self.fields.items():

@@ -1,5 +1,6 @@
-"""MixForm: the data mix as sliders (customer share + one weight per category), kept to the mix rules, with a
-normalize action, presets, the advisor's advice and a live chart of each source's share of a batch."""
+"""MixForm: the data mix as sliders (customer share + one weight per category), kept to the mixing rules
+(docs/data-mixing.md), with a normalize action, presets, the advisor's advice and a live chart of each source's
+share of a batch."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ CUSTOM = "custom"
 
 class MixForm(WidgetView):
     """Edit a MixConfig: `customer` (customer_data_percent), `sliders[category]` (weights of the general share),
-    `normalize` (rescale the weights to sum to 100), `preset` (seed-001, balanced-50, customer-75, customer-only),
-    `status` (sum, rule problems, advice) and `chart` (mix_share_figure, redrawn on every change).
+    `normalize` (rescale the weights to sum to 100), `preset` (all-categories-50, balanced-50, customer-75,
+    customer-only), `status` (sum, rule problems, advice) and `chart` (mix_share_figure, redrawn on every change).
 
     `.value` is the MixConfig the sliders describe; weights that do not sum to 100 are read normalized (the
     status says so) until Normalize writes the normalized values back. Set `.value` to load a config.
@@ -64,7 +65,7 @@ class MixForm(WidgetView):
                                          grid_gap="0 8px"))
         self.widget = add_classes(w.VBox([
             w.HTML(f"<b>Data mix</b> <span style='color:{MUTED}'>customer share of every batch; the category "
-                   "weights split the rest and sum to 100</span>"),
+                   "weights split the rest and sum to 100 (docs/data-mixing.md)</span>"),
             w.HBox([self.customer, self.customer_box, self.preset, self.normalize],
                    layout=w.Layout(flex_flow="row wrap")),
             grid, self.status, self.chart]), "nbt-mix-form")
@@ -86,7 +87,7 @@ class MixForm(WidgetView):
 
     @property
     def problems(self) -> list[str]:
-        """The §4 rules the slider positions break as they stand (empty when they form a valid mix)."""
+        """The mixing rules the slider positions break as they stand (empty when they form a valid mix)."""
         return mix_problems(float(self.customer.value), self.raw_weights)
 
     @property

@@ -3,198 +3,44 @@
 Works with anything that has the Job interface: `status()`, `metrics()`, `logs(tail)`, `progress()`, `cancel()`
 (LocalRuntime's Job, a SageMaker job, a test double). The polling thread only sets widget traits, so the kernel
 stays free; where widgets do not render, an HTML card updated through a display handle shows the same progress.
+The snapshot, its ETA and the HTML progress line are `nbtoolkit.runtime.progress`'s, which Job.wait and the job
+cards draw too.
 """
 
 from __future__ import annotations
 
 import html
 import math
-import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from nbtoolkit.advisor import advise_running
+from nbtoolkit.runtime.progress import (  # noqa: F401 - WAITING_TEXT and clean_log are part of this view's API
+    CANCELLED_STATE,
+    WAITING_TEXT,
+    EtaClock,
+    JobSnapshot,
+    clean_log,
+    progress_html,
+    state_html,
+    take_snapshot,
+)
 from nbtoolkit.ui._base import WIDGET_MIME, WidgetView
 from nbtoolkit.ui._widgets import COLOURS, MUTED, add_classes, figure_png, png_img, widgets
 
-DONE_STATES = ("COMPLETED", "FAILED", "STOPPED")
-STATE_COLOURS = {"COMPLETED": COLOURS["ok"], "FAILED": COLOURS["error"], "STOPPED": MUTED}
-# Latest values shown beside the bar, in this order, when the job logs them.
-SHOWN_NUMBERS = ("loss", "eval_loss", "lr", "reward_mean", "eval_reward_mean", "kl", "completion_length",
-                 "entropy", "tokens_per_second", "seconds_per_step")
 MAX_POLL_FAILURES = 5
-CANCELLED = "cancelled"  # the reason a job stopped on request gives (runtime.worker.CANCELLED)
-CANCELLED_STATE = "CANCELLED"
-WAITING_TEXT = "starting: loading the model and data (steps show once training begins)"
-# Log lines a person does not need in the tail: redrawn progress bars ("40%|████  | 4/10 [...]") and library
-# deprecation notices (a FutureWarning line and the source line the warnings module prints under it).
-_BAR_LINE = re.compile(r"\d+%\|.*\|")
-_WARNING_LINE = re.compile(r"\b(FutureWarning|DeprecationWarning|PendingDeprecationWarning)\b")
-
-
-@dataclass
-class JobSnapshot:
-    """What the monitor knows about a job at one poll."""
-
-    state: str
-    reason: str | None = None
-    done: bool = False
-    phase: str | None = None
-    step: int | None = None
-    total: int | None = None
-    eta_seconds: float | None = None
-    numbers: dict[str, float] = field(default_factory=dict)
-    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
-    logs: str = ""
-    estimate: Any = None  # the nbtoolkit.estimate.Estimate recorded at launch, when the job has one
-    elapsed: float | None = None  # seconds since the job started, as its progress reports them
-
-    @property
-    def fraction(self) -> float | None:
-        return min(1.0, self.step / self.total) if self.total and self.step is not None else None
-
-
-class EtaClock:
-    """Seconds left in the current phase, from the steps this monitor saw go by (else the job's own elapsed)."""
-
-    def __init__(self) -> None:
-        self.phase: str | None = None
-        self.first: tuple[float, int] | None = None
-
-    def update(self, phase: str | None, step: int, total: int, *, elapsed: float | None = None,
-               now: float | None = None) -> float | None:
-        now = time.monotonic() if now is None else now
-        if self.first is None or phase != self.phase or step < self.first[1]:
-            self.phase, self.first = phase, (now, step)
-        if step >= total:
-            return 0.0
-        seen_time, seen_step = self.first
-        if step > seen_step and now > seen_time:
-            return (now - seen_time) / (step - seen_step) * (total - step)
-        if elapsed and step > 0:
-            return elapsed / step * (total - step)
-        return None
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def _status_parts(status: Any) -> tuple[str, str | None, bool]:
-    """(state, reason, done) from a JobStatus, a dict or a plain string."""
-    if isinstance(status, str):
-        state, reason, done = status, None, None
-    elif isinstance(status, dict):
-        state, reason, done = str(status.get("state", "UNKNOWN")), status.get("reason"), status.get("done")
-    else:
-        state, reason, done = str(getattr(status, "state", status)), getattr(status, "reason", None), \
-            getattr(status, "done", None)
-    if done is None:
-        done = state.upper() in DONE_STATES
-    return state, reason, bool(done)
-
-
-def _metrics_frame(metrics: Any) -> pd.DataFrame:
-    if metrics is None:
-        return pd.DataFrame()
-    return metrics if isinstance(metrics, pd.DataFrame) else pd.DataFrame(list(metrics))
-
-
-def _latest(metrics: pd.DataFrame) -> dict[str, float]:
-    numbers = {}
-    for name in SHOWN_NUMBERS:
-        if name in metrics:
-            values = pd.to_numeric(metrics[name], errors="coerce").dropna()
-            if len(values):
-                numbers[name] = float(values.iloc[-1])
-    return numbers
-
-
-def take_snapshot(job: Any, clock: EtaClock, tail: int = 15) -> JobSnapshot:
-    """Poll `job` once."""
-    state, reason, done = _status_parts(job.status())
-    metrics = _metrics_frame(job.metrics())
-    progress = job.progress() if hasattr(job, "progress") else None
-    phase = step = total = eta = None
-    if progress and progress.get("total"):
-        phase, step, total = progress.get("phase"), int(progress.get("step") or 0), int(progress["total"])
-        eta = clock.update(phase, step, total, elapsed=progress.get("elapsed"))
-    elif "step" in metrics and len(metrics):
-        config = getattr(getattr(job, "spec", None), "config", None)
-        total = getattr(config, "max_steps", None)
-        step = int(pd.to_numeric(metrics["step"], errors="coerce").max())
-        if total:
-            eta = clock.update("train", step, int(total))
-    if done:
-        eta = None
-    run_dir = getattr(job, "run_dir", None)
-    estimate = None
-    if run_dir is not None:
-        from nbtoolkit.estimate.local import launch_estimate
-
-        estimate = launch_estimate(run_dir)
-    elapsed = progress.get("elapsed") if progress else None
-    # Read more than `tail` lines: the bar redraws and warnings left out would otherwise leave the tail short.
-    return JobSnapshot(state, reason, done, phase, step, total, eta, _latest(metrics), metrics,
-                       clean_log(str(job.logs(tail * 4) or ""), tail), estimate, elapsed)
-
-
-def clean_log(text: str, tail: int) -> str:
-    """The last `tail` lines of a job log worth reading: progress-bar redraws and library deprecation warnings
-    (with the source line printed under each) left out."""
-    kept: list[str] = []
-    skip_source = False
-    for line in re.split(r"\r\n|\r|\n", text):
-        if _WARNING_LINE.search(line):
-            skip_source = True
-            continue
-        if skip_source and line.startswith((" ", "\t")):
-            continue
-        skip_source = False
-        if line.strip() and not _BAR_LINE.search(line):
-            kept.append(line)
-    return "\n".join(kept[-tail:])
-
-
-def shown_state(snapshot: JobSnapshot) -> tuple[str, str, str]:
-    """(state, colour, detail) as the monitor shows them: a job stopped on request reads CANCELLED (not FAILED)."""
-    reason = str(snapshot.reason or "")
-    if snapshot.done and reason.startswith(CANCELLED):
-        return CANCELLED_STATE, MUTED, reason[len(CANCELLED):].strip(" ()")
-    return snapshot.state, STATE_COLOURS.get(snapshot.state.upper(), COLOURS["warning"]), reason
-
-
-def _state_html(title: str, snapshot: JobSnapshot) -> str:
-    state, colour, detail = shown_state(snapshot)
-    return (f"<b>{html.escape(title)}</b> <span style='color:{colour};font-weight:bold'>{html.escape(state)}</span>"
-            + (f" - {html.escape(detail)}" if detail else ""))
-
-
-def _number(value: float) -> str:
-    return f"{value:.4g}"
 
 
 def snapshot_html(title: str, snapshot: JobSnapshot, curves_png: bytes | None = None, *, css_class: str = "") -> str:
     """The monitor as plain HTML: what shows where widgets do not render."""
     parts = [f'<div class="nbt-job-card {css_class}" style="border:1px solid {COLOURS["border"]};border-radius:6px;'
-             f'padding:6px 10px;font-size:13px">' + _state_html(title, snapshot)]
-    if not snapshot.total and not snapshot.done:
-        parts.append(f"<br><span style='color:{MUTED}'>{html.escape(WAITING_TEXT)}</span>")
-    if snapshot.total:
-        parts.append(f'<br><progress value="{snapshot.step or 0}" max="{snapshot.total}" style="width:240px">'
-                     f"</progress> {html.escape(_progress_text(snapshot))}")
-    if snapshot.numbers:
-        parts.append("<br>" + html.escape(" · ".join(f"{k} {_number(v)}" for k, v in snapshot.numbers.items())))
+             f'padding:6px 10px;font-size:13px">' + state_html(title, snapshot), progress_html(snapshot)]
+    if snapshot.numbers and not snapshot.total:
+        parts.append("<br>" + html.escape(snapshot.numbers_text))
     if curves_png:
         parts.append("<br>" + png_img(curves_png, "training curves"))
     if snapshot.logs:
@@ -202,18 +48,6 @@ def snapshot_html(title: str, snapshot: JobSnapshot, curves_png: bytes | None = 
     if not snapshot.done:
         parts.append(f"<span style='color:{MUTED}'>stop it with job.cancel()</span>")
     return "".join(parts) + "</div>"
-
-
-def _progress_text(snapshot: JobSnapshot) -> str:
-    parts = []
-    if snapshot.total:
-        parts.append(f"{snapshot.phase or 'step'} {snapshot.step}/{snapshot.total}")
-        if snapshot.eta_seconds is not None:
-            parts.append(f"ETA {format_seconds(snapshot.eta_seconds)}")
-    if snapshot.estimate is not None:
-        parts.append(f"estimated {snapshot.estimate.headline()}"
-                     + (f", elapsed {format_seconds(snapshot.elapsed)}" if snapshot.elapsed is not None else ""))
-    return " · ".join(parts)
 
 
 class JobMonitor(WidgetView):
@@ -282,8 +116,8 @@ class JobMonitor(WidgetView):
         with self._lock:
             snapshot = take_snapshot(self.job, self._clock, self.tail)
             self.snapshot = snapshot
-            self.status.value = _state_html(self.title, snapshot)
-            cancelled = shown_state(snapshot)[0] == CANCELLED_STATE
+            self.status.value = state_html(self.title, snapshot)
+            cancelled = snapshot.shown_state[0] == CANCELLED_STATE
             fraction = snapshot.fraction
             if fraction is not None:
                 self.bar.value = fraction
@@ -294,10 +128,10 @@ class JobMonitor(WidgetView):
             self.bar.layout.display = "none" if waiting else ""
             self.bar.bar_style = ("success" if snapshot.state.upper() == "COMPLETED" else
                                   "warning" if cancelled else "danger" if snapshot.done else "info")
-            text = _progress_text(snapshot)
+            text = snapshot.progress_text
             self.progress_text.value = html.escape(" · ".join(filter(None, [WAITING_TEXT, text])) if waiting else text)
-            self.numbers.value = ("<span style='font-family:monospace;font-size:12px'>" + html.escape(
-                " · ".join(f"{k} {_number(v)}" for k, v in snapshot.numbers.items())) + "</span>")
+            self.numbers.value = ("<span style='font-family:monospace;font-size:12px'>"
+                                  + html.escape(snapshot.numbers_text) + "</span>")
             advice = advise_running(snapshot.metrics)
             self.advice.value = advice._repr_html_() if advice else ""
             self._draw_curves(snapshot.metrics, force=snapshot.done)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from nbtoolkit.errors import NbtoolkitError
 from nbtoolkit.plots import (
-    SEED_TABLE_METRICS,
+    FINAL_TABLE_METRICS,
     STAGE_METRICS,
     confusion_matrix_figure,
     per_class_figure,
@@ -19,6 +19,7 @@ from nbtoolkit.plots import (
     stage_table,
     stage_table_styler,
 )
+from nbtoolkit.stages import STAGES_FILE, StageSummary, eval_job_name
 from nbtoolkit.ui._base import WidgetView, widgets_missing_html
 from nbtoolkit.ui._widgets import add_classes, figure_image, figure_png, message_html, png_img, widgets
 
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
 
     from nbtoolkit.evaluation import EvalResult
     from nbtoolkit.forgetting import GeneralEvalResult
-
-STAGES_FILE = "stages.json"
-
 
 def _eval_dir(path: Path) -> Path:
     """An eval result directory, given it or the eval job's run directory."""
@@ -40,20 +38,18 @@ def load_stage_results(source: str | os.PathLike | Mapping[str, Any]) -> dict[st
     """{stage: EvalResult} from a pipeline or workspace directory (its stages.json), or from a mapping of
     stage -> EvalResult, eval directory or eval job run directory."""
     from nbtoolkit.evaluation import EvalResult
-    from nbtoolkit.runtime.events import read_json
 
     if isinstance(source, Mapping):
         return {str(stage): item if isinstance(item, EvalResult) else EvalResult.load(_eval_dir(Path(item)))
                 for stage, item in source.items()}
     directory = Path(source)
-    summary = read_json(directory / STAGES_FILE)
+    summary = StageSummary.load(directory)
     if summary is None:
         raise NbtoolkitError(f"no {STAGES_FILE} in {directory}: pass a pipeline output directory, a notebook "
                              "workdir, or a mapping of stage -> EvalResult")
-    jobs = summary.get("jobs", {})
     results = {}
-    for stage in summary.get("stages", {}):
-        run_dir = jobs.get(f"eval-{stage}")
+    for stage in summary.stages:
+        run_dir = summary.jobs.get(eval_job_name(stage))
         if run_dir and _eval_dir(Path(run_dir)).is_dir():
             results[stage] = EvalResult.load(_eval_dir(Path(run_dir)))
     if not results:
@@ -65,12 +61,12 @@ def load_general_results(source: str | os.PathLike | Mapping[str, Any]) -> dict[
     """{stage: GeneralEvalResult} of a pipeline directory's general-<stage> jobs, or from a mapping of stage ->
     GeneralEvalResult or its directory; {} when no general check ran."""
     from nbtoolkit.forgetting import GENERAL_DIR, RESULT_FILE, GeneralEvalResult
-    from nbtoolkit.runtime.events import read_json
 
     if isinstance(source, Mapping):
         return {str(stage): item if isinstance(item, GeneralEvalResult) else GeneralEvalResult.load(item)
                 for stage, item in source.items()}
-    jobs = (read_json(Path(source) / STAGES_FILE) or {}).get("jobs", {})
+    summary = StageSummary.load(source)
+    jobs = summary.jobs if summary is not None else {}
     return {name.removeprefix("general-"): GeneralEvalResult.load(run_dir) for name, run_dir in jobs.items()
             if name.startswith("general-") and (Path(run_dir) / GENERAL_DIR / RESULT_FILE).is_file()}
 
@@ -138,9 +134,9 @@ class ResultsView(WidgetView):
         return None if table is None else stage_table_styler(
             table, "Domain and general ability by stage (retention: drift from the base model)")
 
-    def seed_table(self):
-        """Seed 003's final table (ROUGE, exact match, F1, BLEU) for these stages."""
-        return self.styler(SEED_TABLE_METRICS, caption="Final result analysis (ROUGE, exact match, F1, BLEU)")
+    def final_table(self):
+        """The case study's final table (ROUGE, exact match, F1, BLEU) for these stages (docs/metrics.md)."""
+        return self.styler(FINAL_TABLE_METRICS, caption="Final result analysis (the case study's metrics)")
 
     def confusion_figure(self, *, normalize: bool = False) -> Figure:
         """The stages' confusion matrices side by side (true label rows, predicted columns)."""
