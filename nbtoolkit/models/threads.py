@@ -4,7 +4,8 @@ torch runs each op on every thread and waits for the slowest at the end of the o
 takes one of two cores, the thread that shares a core with it is descheduled for whole time slices, and every op
 waits for it: a training step was measured 6-30x slower, not 2x. `CoreShare.update()` (called between steps)
 measures how many cores the other processes used since the previous call and sets torch's thread count to the
-cores left, so a competing process costs a job about its share of the machine.
+cores left, so a competing process costs a job about its share of the machine. Processes the scheduler ranks below
+this one (a higher nice value in the same session) do not count: they only get the cores the job leaves idle.
 """
 
 from __future__ import annotations
@@ -12,27 +13,48 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 MIN_INTERVAL = 2.0  # seconds between measurements: shorter windows are noise
+PROC = Path("/proc")
 
 
-def _total_busy_seconds() -> float | None:
-    """CPU time all processes spent busy since boot (Linux /proc/stat), or None elsewhere."""
+def _autogroups_enabled(proc: Path = PROC) -> bool:
     try:
-        with open("/proc/stat", encoding="ascii") as handle:
-            fields = handle.readline().split()[1:]
+        return (proc / "sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
     except OSError:
+        return False
+
+
+def competing_busy_seconds(proc: Path = PROC, own_pid: int | None = None) -> dict[int, float] | None:
+    """CPU seconds used so far by each process that competes with this one for the cores (Linux /proc), or None
+    where /proc cannot tell.
+
+    A process with a higher nice value than ours does not compete: the scheduler gives it the cores only when we
+    leave them idle, so taking threads away for it would only slow us. With autogroups on (the default on desktop
+    and many server kernels), nice values only order processes of the same session, so a niced process of another
+    session (another terminal, another kernel) still competes.
+    """
+    own_pid = os.getpid() if own_pid is None else own_pid
+    try:
+        own = (proc / str(own_pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
-    values = [int(v) for v in fields]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    steal = values[7] if len(values) > 7 else 0  # time the hypervisor gave to others is not ours to use
-    return (sum(values[:8]) - idle - steal) / CLOCK_TICKS
-
-
-def _own_busy_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
+    own_session, own_nice = own[3], int(own[16])
+    grouped = _autogroups_enabled(proc)
+    busy = {}
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit() or int(entry.name) == own_pid:
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone between the listing and the read
+        lower_priority = int(fields[16]) > own_nice and (not grouped or fields[3] == own_session)
+        if not lower_priority:
+            busy[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return busy
 
 
 @dataclass
@@ -43,7 +65,7 @@ class CoreShare:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        self._mark: tuple[float, float, float] | None = None
+        self._mark: tuple[float, dict[int, float]] | None = None
         self.threads = self.cores
         self.others = 0.0
 
@@ -58,18 +80,20 @@ class CoreShare:
         """Measure since the last call and set the thread count; returns it."""
         if not self.enabled or self.cores <= 1:
             return self.threads
-        total = _total_busy_seconds()
-        if total is None:
+        now = time.monotonic()
+        if self._mark is not None and now - self._mark[0] < MIN_INTERVAL:
             return self.threads
-        now, own = time.monotonic(), _own_busy_seconds()
+        busy = competing_busy_seconds()
+        if busy is None:
+            return self.threads
         if self._mark is None:
-            self._mark = (now, total, own)
+            self._mark = (now, busy)
             return self.threads
-        then, total_before, own_before = self._mark
-        if now - then < MIN_INTERVAL:
-            return self.threads
-        self._mark = (now, total, own)
-        self.others = max(0.0, (total - total_before) - (own - own_before)) / (now - then)
+        then, before = self._mark
+        self._mark = (now, busy)
+        # A process that started since the last mark used all its seconds in this window.
+        used = sum(seconds - before.get(pid, 0.0) for pid, seconds in busy.items())
+        self.others = max(0.0, used) / (now - then)
         wanted = max(1, min(self.cores, int(self.cores - self.others + 0.5)))
         if wanted != self.threads:
             import torch
