@@ -430,3 +430,16 @@ def test_a_real_sft_lora_job_trains_a_tiny_model(runtime, tmp_path):
     assert result.metrics["steps"] == 2 and result.metrics["final_loss"] > 0
     assert list(job.metrics().dropna(subset=["loss"])["step"]) == [1, 2]
     assert TrainingResult.load(job.run_dir) == result
+
+
+def test_job_cards_show_a_stop_as_cancelled_and_a_starting_job_as_loading():
+    from nbtoolkit.runtime.progress import WAITING_TEXT, JobSnapshot, progress_html, state_html
+
+    stopped = JobSnapshot("FAILED", "cancelled (killed: did not stop within 10 s)", done=True)
+    card = state_html("sft", stopped, "sft_lora")
+    assert "CANCELLED" in card and "FAILED" not in card and "sft_lora" in card and "did not stop" in card
+    failed = state_html("sft", JobSnapshot("FAILED", "RuntimeError: boom", done=True))
+    assert "FAILED" in failed and "boom" in failed
+    assert WAITING_TEXT in progress_html(JobSnapshot("IN_PROGRESS"))
+    assert progress_html(JobSnapshot("COMPLETED", done=True)) == ""
+    assert "<progress value=\"3\" max=\"10\">" in progress_html(JobSnapshot("IN_PROGRESS", step=3, total=10))

@@ -37,7 +37,7 @@ from nbtoolkit.runtime.events import (
     write_json_atomic,
 )
 from nbtoolkit.runtime.local import Job
-from nbtoolkit.runtime.progress import STATE_COLOURS, progress_html, run_dir_snapshot
+from nbtoolkit.runtime.progress import progress_html, run_dir_snapshot, state_html
 from nbtoolkit.runtime.results import TrainingResult
 from nbtoolkit.runtime.spec import JobSpec
 from nbtoolkit.runtime.status import CANCELLED, JobError, JobStatus
@@ -362,17 +362,14 @@ class SageMakerJob(Job):
         except AwsError:
             pass  # show the last state seen
         status = _status_from(read_json(self.run_dir / STATUS_FILE, {}))
-        colour = STATE_COLOURS.get(status.state, COLOURS["warning"])
-        bar = progress_html(run_dir_snapshot(self.run_dir, status, self._clock))
-        reason = f" - {html.escape(status.reason)}" if status.reason else ""
+        snapshot = run_dir_snapshot(self.run_dir, status, self._clock)
         secondary = f" / {html.escape(status.secondary)}" if status.secondary else ""
         url = self.console_url()
         link = f' <a href="{html.escape(url)}" target="_blank">console</a>' if url else ""
         return (f'<div class="nbt-job" style="border:1px solid {COLOURS["border"]};border-radius:6px;'
-                f'padding:6px 10px;display:inline-block;font-size:13px"><b>{html.escape(self.name)}</b> '
-                f'<span style="color:{MUTED}">{html.escape(self.spec.kind)} on SageMaker</span> '
-                f'<span style="color:{colour};font-weight:bold">{status.state}</span>{reason}{bar}'
-                f'<br><span style="color:{MUTED}">{html.escape(str(status.sagemaker_status))}{secondary} · '
+                f'padding:6px 10px;display:inline-block;font-size:13px">'
+                + state_html(self.name, snapshot, f"{self.spec.kind} on SageMaker") + progress_html(snapshot)
+                + f'<br><span style="color:{MUTED}">{html.escape(str(status.sagemaker_status))}{secondary} · '
                 f'{html.escape(str(self.training_job_name))}</span>{link}'
                 f'<br><code>{html.escape(str(self.run_dir))}</code></div>')
 

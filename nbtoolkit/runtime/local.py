@@ -58,7 +58,7 @@ from nbtoolkit.runtime.events import (
     utc_now,
     write_json_atomic,
 )
-from nbtoolkit.runtime.progress import STATE_COLOURS, EtaClock, ProgressPrinter, progress_html, run_dir_snapshot
+from nbtoolkit.runtime.progress import EtaClock, ProgressPrinter, progress_html, run_dir_snapshot, state_html
 from nbtoolkit.runtime.results import JobFailed, TrainingResult
 from nbtoolkit.runtime.spec import JobSpec, job_record, next_attempt, write_job_record
 from nbtoolkit.runtime.status import (
@@ -109,7 +109,8 @@ class Job:
     # -- reading ----------------------------------------------------------------------------------------------
 
     def status(self) -> JobStatus:
-        """Where the job is; a worker that vanished without a word (SIGKILL, OOM) is reported FAILED."""
+        """Where the job is; a worker that vanished without a word (SIGKILL, OOM, a full disk) is reported FAILED
+        with the cause its output shows; a status.json the disk cannot give back is part of the reason."""
         return read_status(self.run_dir, alive=self._alive, process=self._process)
 
     def _alive(self, pid: int) -> bool:
@@ -256,17 +257,14 @@ class Job:
 
     def _repr_html_(self) -> str:
         status = self.status()
-        colour = STATE_COLOURS.get(status.state, COLOURS["warning"])
-        bar = progress_html(run_dir_snapshot(self.run_dir, status, self._clock))
-        reason = f" - {html.escape(status.reason)}" if status.reason else ""
+        snapshot = run_dir_snapshot(self.run_dir, status, self._clock)
         when = " · ".join(x for x in (f"pid {status.pid}" if status.pid and not status.done else "",
                                       f"started {status.started}" if status.started else "",
                                       f"ended {status.ended}" if status.ended else "") if x)
         return (f'<div class="nbt-job" style="border:1px solid {COLOURS["border"]};border-radius:6px;'
-                f'padding:6px 10px;display:inline-block;font-size:13px"><b>{html.escape(self.name)}</b> '
-                f'<span style="color:{MUTED}">{html.escape(self.spec.kind)}</span> '
-                f'<span style="color:{colour};font-weight:bold">{status.state}</span>{reason}{bar}'
-                f'<br><code>{html.escape(str(self.run_dir))}</code>'
+                f'padding:6px 10px;display:inline-block;font-size:13px">'
+                + state_html(self.name, snapshot, self.spec.kind) + progress_html(snapshot)
+                + f'<br><code>{html.escape(str(self.run_dir))}</code>'
                 + (f'<br><span style="color:{MUTED}">{html.escape(when)}</span>' if when else "") + "</div>")
 
 

@@ -230,10 +230,12 @@ def run_dir_snapshot(run_dir: str | os.PathLike, status: Any, clock: EtaClock | 
     return JobSnapshot(state, reason, done, phase, step, total, eta, latest_numbers(latest_metrics(run_dir)))
 
 
-def state_html(title: str, snapshot: JobSnapshot) -> str:
-    """A job card's first line: its title and state in the state's colour, with the reason."""
+def state_html(title: str, snapshot: JobSnapshot, subtitle: str = "") -> str:
+    """A job card's first line: its title (and a muted subtitle), its state in the state's colour, the reason."""
     state, colour, detail = snapshot.shown_state
-    return (f"<b>{html.escape(title)}</b> <span style='color:{colour};font-weight:bold'>{html.escape(state)}</span>"
+    return (f"<b>{html.escape(title)}</b> "
+            + (f"<span style='color:{MUTED}'>{html.escape(subtitle)}</span> " if subtitle else "")
+            + f"<span style='color:{colour};font-weight:bold'>{html.escape(state)}</span>"
             + (f" - {html.escape(detail)}" if detail else ""))
 
 
