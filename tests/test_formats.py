@@ -1,4 +1,5 @@
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -85,6 +86,9 @@ def test_write_jsonl_is_atomic_and_round_trips(tmp_path, rows):
     write_jsonl(records, path)
     assert list(read_jsonl(path)) == records
     assert path.read_bytes().endswith(b"\n") and b"\r" not in path.read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by whoever may read this folder, not 0600
 
     def broken():
         yield records[0]
