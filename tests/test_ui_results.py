@@ -303,3 +303,20 @@ def test_a_packed_example_run_opens_labelled_as_an_example(tmp_path, stages, mon
     assert view.explorer.stage.options == tuple(loaded) == SampleExplorer.example().stage.options
     with pytest.raises(NbtoolkitError, match="no example run bundled"):
         examples.example_results(tmp_path / "nothing")
+
+
+def test_the_bundled_example_is_a_finished_held_out_run(monkeypatch):
+    import nbtoolkit.examples as examples
+
+    monkeypatch.delenv(examples.EXAMPLE_DIR_ENV, raising=False)
+    assert examples.example_available()
+    loaded = examples.example_results()
+    assert list(loaded) == ["baseline (example)", "sft (example)", "rft (example)"]
+    assert all(len(result.predictions) == 600 for result in loaded.values())
+    summary = json.loads((examples.EXAMPLE_DIR / "stages.json").read_text())
+    for stage, result in loaded.items():
+        assert summary["stages"][stage.removesuffix(examples.EXAMPLE_SUFFIX)]["exact_match"] == \
+            pytest.approx(result.metrics["exact_match"])
+    assert loaded["sft (example)"].metrics["exact_match"] > 0.8  # a trained model, not a placeholder
+    description = examples.example_description()
+    assert "held-out" in description and "CC BY-SA" in description
