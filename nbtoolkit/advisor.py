@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nbtoolkit.theme import COLOURS
 from nbtoolkit.training.config import CONFIGS, HyperparameterWarning, save_steps_problem
 
 WARMUP_SHARE = 0.15            # warmup about 15% of max_steps ...
@@ -59,7 +60,7 @@ class AdviceList(list):
     def _repr_html_(self) -> str:
         if not self:
             return '<div class="nbt-advice nbt-advice-empty">No advice: nothing the advisor warns about.</div>'
-        colours = {"info": "#0969da", "warning": "#9a6700", "error": "#cf222e"}
+        colours = {"info": COLOURS["accent"], "warning": COLOURS["warning"], "error": COLOURS["error"]}
         items = "".join(f'<li class="nbt-advice-{a.level}"><b style="color:{colours[a.level]}">{a.level}</b> '
                         f"{html.escape(a.message)}</li>" for a in self)
         return f'<ul class="nbt-advice">{items}</ul>'

@@ -20,6 +20,7 @@ from nbtoolkit.models import DEFAULT_MODEL, embedded_cache_dir, embedded_gguf_pa
 from nbtoolkit.runtime.spec import BUILTIN_KINDS, JobSpec
 from nbtoolkit.runtime.status import JobError
 from nbtoolkit.runtime.worker import load_job_function
+from nbtoolkit.theme import COLOURS
 from nbtoolkit.training.config import MethodConfig, RFTLoraConfig
 
 # Record formats each built-in kind reads; the format of a file is told from its first record.
@@ -71,7 +72,7 @@ class DryRunReport:
 
     def _repr_html_(self) -> str:
         rows = "".join(
-            f'<tr><td style="color:{"#1a7f37" if c.ok else "#cf222e"}">{"✓" if c.ok else "✗"}</td>'
+            f'<tr><td style="color:{COLOURS["ok"] if c.ok else COLOURS["error"]}">{"✓" if c.ok else "✗"}</td>'
             f"<td>{html.escape(c.name)}</td><td style='text-align:left'>{html.escape(c.detail)}</td></tr>"
             for c in self.checks)
         head = ("all checks passed" if self.ok else f"{len(self.failed)} of {len(self.checks)} checks failed")

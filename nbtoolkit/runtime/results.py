@@ -21,6 +21,7 @@ from nbtoolkit.runtime.events import (
     write_json_atomic,
 )
 from nbtoolkit.runtime.status import JobError, read_status
+from nbtoolkit.theme import COLOURS
 
 DUMP_FORMAT = "nbtoolkit.TrainingResult/1"
 # Where a job's outputs land when its returned dict does not say: path name -> candidates inside the run dir.
@@ -157,7 +158,7 @@ class TrainingResult:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        colour = {"COMPLETED": "#1a7f37", "FAILED": "#cf222e"}.get(self.status, "#9a6700")
+        colour = {"COMPLETED": COLOURS["ok"], "FAILED": COLOURS["error"]}.get(self.status, COLOURS["warning"])
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
                        for k, v in self.metrics.items())
         paths = "".join(f"<li>{html.escape(k)}: <code>{html.escape(str(v))}</code></li>"
