@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from nbtoolkit.models import LoadedModel
     from nbtoolkit.runtime.events import RunLog
 
-# Known benchmarks: file under a benchmark data directory (the layout of ../shared/data), and chance accuracy.
+# Known benchmarks: their file under a benchmark data directory, and chance accuracy.
 BENCHMARKS: dict[str, tuple[str, float]] = {
     "arc-easy": ("arc-easy/arc_easy_test.jsonl", 0.25),
     "arc-challenge": ("arc-challenge/arc_challenge_test.jsonl", 0.25),

@@ -225,7 +225,7 @@ class RehearsalSource:
         return by_category
 
 
-# Public general data in the layout of ../shared/data (SOURCES.md): category -> file under a data directory.
+# Public general data: category -> its file under a data directory ($NBTOOLKIT_DATA_DIR or the one passed in).
 # Alpaca is CC BY-NC 4.0 (research only), GSM8K MIT, the C4 sample ODC-BY.
 KNOWN_GENERAL_FILES = {"instruction-following": "alpaca-5k/alpaca_5000.json", "math": "gsm8k/train.jsonl",
                        "baseline": "c4-demo/c4_demo.jsonl"}
