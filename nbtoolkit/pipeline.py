@@ -167,6 +167,7 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
         summary.jobs[spec.name] = str(job.run_dir)
         log(f"[{title}] {spec.kind} job in {job.run_dir}")
         result = job.wait(progress=progress)
+        summary.resources[spec.name] = {"seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb}
         return job, result
 
     def evaluate_stage(stage: str, stage_model: str) -> None:
@@ -254,8 +255,18 @@ def run_pipeline(config: PipelineConfig | None = None, *, progress: bool = True,
     if summary.general:
         tables.append(forgetting_table(summary.stages, summary.general))
     log(f"done in {summary.seconds:.0f} s\n" + "\n\n".join(t.round(3).to_string() for t in tables) +
+        f"\njobs: {_resources_line(summary.resources)}" +
         f"\nstages: {out / STAGES_FILE}\nreport: {out / 'report.html'}")
     return summary.to_dict()
+
+
+def _resources_line(resources: dict[str, dict[str, float | None]]) -> str:
+    """Each job's wall time and peak memory, e.g. 'sft 3414 s 5.8 GB, eval-sft 190 s 1.1 GB'."""
+    def one(name: str, used: dict[str, float | None]) -> str:
+        memory = f" {used['peak_rss_mb'] / 1024:.1f} GB" if used.get("peak_rss_mb") is not None else ""
+        return f"{name} {used['seconds'] or 0:.0f} s{memory}"
+
+    return ", ".join(one(name, used) for name, used in resources.items())
 
 
 def _eval_configs(config: PipelineConfig, profile: Profile) -> tuple[EvalConfig, EvalConfig]:

@@ -115,6 +115,7 @@ class StageSummary:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)   # stage -> headline metrics
     deltas: dict[str, dict[str, float]] = field(default_factory=dict)   # stage -> change from the stage before
     jobs: dict[str, str] = field(default_factory=dict)                  # job name -> run directory
+    resources: dict[str, dict[str, float | None]] = field(default_factory=dict)  # job name -> seconds, peak RSS
     models: dict[str, str] = field(default_factory=dict)                # training stage -> its model directory
     general: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> general-ability headline
     general_errors: dict[str, str] = field(default_factory=dict)        # stage -> why its general check failed

@@ -36,6 +36,9 @@ def test_tiny_pipeline_runs_every_stage_and_writes_stages_and_report(tmp_path):
     assert any("label accuracy" in line for line in lines)
     first_job = next(i for i, line in enumerate(lines) if line.startswith("[baseline eval]"))
     assert any(line.startswith("estimate: pipeline, tiny profile (6 jobs)") for line in lines[:first_job])
+    assert set(stages["resources"]) == set(stages["jobs"])  # every job's wall time and peak memory
+    assert all(used["seconds"] > 0 and used["peak_rss_mb"] > 10 for used in stages["resources"].values())
+    assert "jobs: eval-baseline " in lines[-1] and " GB, sft " in lines[-1]
 
     # choices on validation rows, numbers on the evaluation rows, each saying so
     assert stages["evaluation"]["split"] == "eval" and "no choice" in stages["evaluation"]["use"]

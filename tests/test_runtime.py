@@ -146,6 +146,8 @@ def test_launch_returns_at_once_and_the_status_moves_to_completed(finished):
     assert job_json["command"] == [sys.executable, "-m", "nbtoolkit.runtime.worker", str(job.run_dir)]
     saved = json.loads((job.run_dir / RESULT_FILE).read_text())
     assert saved["status"] == COMPLETED and saved["seconds"] > 0 and saved["output"]["steps_done"] == 20
+    assert saved["peak_rss_mb"] > 10 and result.peak_rss_mb == saved["peak_rss_mb"]  # the worker's own peak
+    assert f"peak memory {saved['peak_rss_mb'] / 1024:.1f} GB" in str(result)
 
 
 def test_metrics_progress_logs_and_status_card(finished):

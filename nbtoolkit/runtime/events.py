@@ -148,6 +148,16 @@ def tail_text(path: Path, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (None where the OS does not report it)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
+
+
 def new_run_dir(parent: str | os.PathLike, prefix: str) -> Path:
     """A fresh run directory `<parent>/<prefix>-<UTC time>[-n]`; never an existing one."""
     parent = Path(parent)

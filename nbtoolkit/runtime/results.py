@@ -56,6 +56,7 @@ class TrainingResult:
     started: str | None = None
     ended: str | None = None
     seconds: float | None = None
+    peak_rss_mb: float | None = None
     output: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -141,7 +142,7 @@ class TrainingResult:
                    stopped=bool(result.get("stopped", False)), name=spec.get("name"), metrics=summary,
                    paths=_find_paths(run_dir, output), config=job.get("config"), model=job.get("model"),
                    started=result.get("started"), ended=result.get("ended"), seconds=result.get("seconds"),
-                   output=output)
+                   peak_rss_mb=result.get("peak_rss_mb"), output=output)
 
     # -- display --------------------------------------------------------------------------------------------------
 
@@ -151,6 +152,8 @@ class TrainingResult:
             head += f" - {self.reason}"
         if self.seconds is not None:
             head += f" after {self.seconds:.1f} s"
+        if self.peak_rss_mb is not None:
+            head += f", peak memory {self.peak_rss_mb / 1024:.1f} GB"
         lines = [head, f"  run dir: {self.run_dir}"]
         if self.metrics:
             lines.append("  metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.metrics.items()))

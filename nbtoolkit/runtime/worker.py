@@ -31,6 +31,7 @@ from nbtoolkit.runtime.events import (
     RESULT_FILE,
     STATUS_FILE,
     RunLog,
+    peak_rss_mb,
     read_json,
     utc_now,
     write_json_atomic,
@@ -210,7 +211,7 @@ def run(run_dir: str | os.PathLike) -> int:
     stopped = reason == CANCELLED
     result = {"status": state, "reason": reason, "stopped": stopped, "kind": kind, "name": job["spec"].get("name"),
               "run_dir": str(run_dir), "attempt": attempt, "started": started_wall, "ended": ended,
-              "seconds": seconds, "output": output}
+              "seconds": seconds, "peak_rss_mb": peak_rss_mb(), "output": output}
     try:
         write_json_atomic(run_dir / RESULT_FILE, result)
     except OSError as error:  # a full or read-only disk: the outcome is lost, so the run failed, and says why

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import math
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from nbtoolkit.generation import encode_prompts
 from nbtoolkit.generation import shared_prefix_length as token_prefix_length
 from nbtoolkit.models import answer_terminator_ids, load_model
 from nbtoolkit.models.threads import CoreShare
-from nbtoolkit.runtime.events import METRICS_FILE, RunLog, drop_metrics_after, write_json_atomic
+from nbtoolkit.runtime.events import METRICS_FILE, RunLog, drop_metrics_after, peak_rss_mb, write_json_atomic
 from nbtoolkit.training.config import SFTFullConfig, SFTLoraConfig
 from nbtoolkit.training.selection import (
     SELECTION_METRIC,
@@ -478,11 +477,6 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, lora: bool, device
 # The run
 
 
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
-
-
 def _evaluate(model, examples: list[ChatExample], micro_batch_size: int, pad_id: int, device: str, plan,
               mode: _LossMode) -> float:
     """Mean answer-token loss, in eval mode (no dropout, no RNG use)."""
@@ -731,7 +725,7 @@ def run_sft(
         "eval_loss": progress.eval_loss,
         "train_seconds": round(progress.train_seconds, 3),
         "tokens_per_second": progress.tokens / progress.train_seconds if progress.train_seconds else None,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "mix": mixed.summary(progress.step) if mixed is not None else None,
         "selection": None if validation is None else {
             "metric": SELECTION_METRIC, "split": "validation", "rows": len(validation.truth),
