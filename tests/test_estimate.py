@@ -186,6 +186,31 @@ def test_finished_jobs_refine_the_rate(tmp_path, cache, tiny_dir, monkeypatch):
     assert record["actual_seconds"] == 60.0 and record["low_seconds"] == pytest.approx(found.estimate.low_seconds)
 
 
+def test_rfts_dynamic_sampling_is_timed_at_its_own_rate_not_taken_for_overhead(tmp_path, cache, tiny_dir):
+    prompts = write_jsonl(tmp_path / "rft.jsonl", chat_rows(12))
+    spec = JobSpec("rft_lora", RFTLoraConfig.for_platform("local", max_steps=4, warmup_steps=0, save_steps=4,
+                                                          global_batch_size=4, micro_batch_size=4,
+                                                          number_generation=2, max_new_tokens=8),
+                   model=tiny_dir, train_file=str(prompts), labels=LABELS)
+    rates.store_calibration(local.estimate_spec(spec).key, {"rate": 10.0, "overhead_seconds": 5.0, "seconds": 9.0,
+                                                             "when": "2026-12-01"})
+    found = local.estimate_spec(spec)
+    assert any("dynamic sampling before training: not timed" in note for note in found.estimate.notes)
+    run_dir = tmp_path / "runs" / "rft"
+    run_dir.mkdir(parents=True)
+    local.record_launch_estimate(run_dir, found)
+    write_json_atomic(run_dir / "result.json", {
+        "status": "COMPLETED", "kind": "rft_lora", "seconds": 100.0, "ended": "2026-12-05T09:00:00+00:00",
+        "output": {"train_seconds": 60.0, "sampling_seconds": 30.0, "sampled_prompts": 12, "steps": 4}})
+    refined = local.estimate_spec(spec, runs_dir=tmp_path / "runs")
+    entry = rates.cached_entry(refined.key)["recorded"][0]
+    assert entry["overhead_seconds"] == pytest.approx(10.0)  # 100 s - 60 s of steps - 30 s of sampling
+    assert entry["sampling_rate"] == pytest.approx(found.work.sampling / 30.0)
+    assert any("dynamic sampling before training: 30 s" in note for note in refined.estimate.notes)
+    middle = (refined.estimate.low_seconds + refined.estimate.high_seconds) / 2
+    assert middle == pytest.approx(100.0, rel=0.2)
+
+
 def test_work_per_kind_follows_the_config(tmp_path, cache, tiny_dir):
     from nbtoolkit.models import tiny_tokenizer
 
@@ -195,6 +220,7 @@ def test_work_per_kind_follows_the_config(tmp_path, cache, tiny_dir):
                                                          max_new_tokens=8, max_prompt_tokens=48),
                   model=tiny_dir, train_file=stats.path, labels=LABELS)
     assert local.job_work(rft, stats).busy == pytest.approx(3 * 4 * (stats.mean_prompt(48) + 8))
+    assert local.job_work(rft, stats).sampling == pytest.approx(12 * 2 * (stats.mean_prompt(48) + 8))  # all 12 rows
     evaluation = JobSpec("eval", EvalConfig.for_platform("local", limit=5, max_new_tokens=4),
                          model=tiny_dir, eval_file=stats.path, labels=LABELS)
     assert local.job_work(evaluation, stats).busy == pytest.approx(5 * (stats.mean_prompt(192) + 4))

@@ -6,7 +6,8 @@
 
 Work per kind: SFT processes max_steps x global_batch_size sequences of the file's mean length after the
 max_prompt_tokens and max_length cuts (training tokens); RFT samples global_batch_size replies per step, each
-a prompt plus up to max_new_tokens (rollout tokens); eval reads each row's prompt and writes up to
+a prompt plus up to max_new_tokens (rollout tokens), after dynamic sampling has sampled number_generation replies to each of up to
+dynamic_sampling prompts (sampled tokens, at their own rate); eval reads each row's prompt and writes up to
 max_new_tokens (eval tokens).
 """
 
@@ -29,6 +30,7 @@ from nbtoolkit.estimate.rates import (
     rate_from_entry,
     rate_key,
     run_calibration,
+    sampling_rate,
     store_calibration,
 )
 from nbtoolkit.estimate.tokens import TokenStats, model_tokenizer, token_stats
@@ -43,12 +45,14 @@ NO_RATE = ("no rate for this machine yet: calibrate (estimate_job(spec, calibrat
 
 @dataclass(frozen=True)
 class Work:
-    """What a job's config asks for: units processed in its busy time, steps, and seconds no rate covers."""
+    """What a job's config asks for: units processed in its busy time, steps, seconds no rate covers, and
+    (RFT) the tokens dynamic sampling generates before training."""
 
     busy: float
     steps: int
     extra_seconds: float
     detail: str
+    sampling: float = 0.0
 
 
 def job_work(spec: Any, stats: TokenStats, eval_stats: TokenStats | None = None, rate: Rate | None = None) -> Work:
@@ -68,9 +72,10 @@ def job_work(spec: Any, stats: TokenStats, eval_stats: TokenStats | None = None,
     if spec.kind == "rft_lora":
         prompt = stats.mean_prompt(config.max_prompt_tokens)
         per_step = config.global_batch_size * (prompt + config.max_new_tokens)
+        sampled = min(config.dynamic_sampling, stats.rows) * config.number_generation
         return Work(config.max_steps * per_step, config.max_steps, stats.tokenize_seconds,
                     f"{config.max_steps} steps x {config.global_batch_size} replies x ({prompt:.0f} prompt + "
-                    f"{config.max_new_tokens} new tokens)")
+                    f"{config.max_new_tokens} new tokens)", sampling=sampled * (prompt + config.max_new_tokens))
     if spec.kind == "eval":
         rows = min(config.limit, stats.rows) if config.limit else stats.rows
         prompt = stats.mean_prompt(config.max_prompt_tokens)
@@ -102,6 +107,7 @@ class JobEstimate:
         """What estimate.json holds (the actual time comes from result.json when the job ends)."""
         return {"estimate": self.estimate.to_dict() if self.estimate is not None else None,
                 "message": self.message, "key": self.key, "machine": machine_id(), "busy_work": self.work.busy,
+                "sampling_work": self.work.sampling,
                 "steps": self.work.steps, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -127,6 +133,14 @@ def estimate_spec(spec: Any, *, calibrate: bool = False, runs_dir: str | os.Path
         return JobEstimate(None, key, work, NO_RATE)
     notes = [work.detail]
     extra_seconds = work.extra_seconds
+    if work.sampling:
+        sampled = sampling_rate(cached_entry(key, cache), model)
+        if sampled is None:
+            notes.append("dynamic sampling before training: not timed (no sampling rate for this machine yet)")
+        else:
+            extra_seconds += work.sampling / sampled[0]
+            notes.append(f"dynamic sampling before training: {work.sampling / sampled[0]:.0f} s at "
+                         f"{sampled[0]:,.0f} sampled tokens/s ({sampled[1]})")
     checks = _validation_checks(spec, model, calibrate=calibrate, cache=cache)
     if checks is not None:
         extra_seconds += checks[0]
@@ -204,8 +218,9 @@ def calibrate_spec(spec: Any, *, rate_model: str | None = None, cache: Path | No
     model = rate_model or spec.model
     key = rate_key(spec.kind, spec.config, model)
 
-    def work_of(small: Any, rows_file: Path) -> float:
-        return job_work(small, _stats(small, model, str(rows_file))).busy
+    def work_of(small: Any, rows_file: Path) -> tuple[float, float]:
+        work = job_work(small, _stats(small, model, str(rows_file)))
+        return work.busy, work.sampling
 
     measured = run_calibration(spec, data_file(spec), work_of)
     store_calibration(key, measured, cache)

@@ -159,10 +159,13 @@ def busy_seconds(kind: str, output: dict[str, Any]) -> float | None:
     return n / per_second if n and per_second else None
 
 
-def measured_from_run(run_dir: str | os.PathLike, *, work: float | None = None) -> dict[str, Any] | None:
-    """{"rate", "overhead_seconds", "seconds", "when", "run_dir"} of a COMPLETED run, or None when it cannot tell.
+def measured_from_run(run_dir: str | os.PathLike, *, work: float | None = None,
+                      sampling_work: float | None = None) -> dict[str, Any] | None:
+    """{"rate", "overhead_seconds", "seconds", "when", "run_dir"} of a COMPLETED run, or None when it cannot tell;
+    with "sampling_rate" for an RFT run that did dynamic sampling.
 
-    work: the units the job processed (SFT tells its tokens/s itself; RFT and eval need the planned work).
+    work: the units the job processed (SFT tells its tokens/s itself; RFT and eval need the planned work);
+    sampling_work: the tokens RFT's dynamic sampling generated (its seconds are not overhead).
     """
     run_dir = Path(run_dir)
     result = read_json(run_dir / RESULT_FILE) or {}
@@ -179,8 +182,12 @@ def measured_from_run(run_dir: str | os.PathLike, *, work: float | None = None) 
         rate = work / busy
     if not rate:
         return None
-    return {"rate": float(rate), "overhead_seconds": max(0.0, float(result["seconds"]) - busy),
-            "seconds": float(result["seconds"]), "when": result.get("ended"), "run_dir": str(run_dir.resolve())}
+    sampling_seconds = float(output.get("sampling_seconds") or 0.0)
+    measured = {"rate": float(rate), "overhead_seconds": max(0.0, float(result["seconds"]) - busy - sampling_seconds),
+                "seconds": float(result["seconds"]), "when": result.get("ended"), "run_dir": str(run_dir.resolve())}
+    if sampling_work and sampling_seconds:
+        measured["sampling_rate"] = sampling_work / sampling_seconds
+    return measured
 
 
 def _last_step_rate(run_dir: Path) -> float | None:
@@ -212,7 +219,7 @@ def absorb_finished_runs(runs_dir: str | os.PathLike, path: Path | None = None) 
         work = launch.get("busy_work")
         if work and steps and planned:
             work = work * steps / planned  # a job stopped early did less
-        measured = measured_from_run(run_dir, work=work)
+        measured = measured_from_run(run_dir, work=work, sampling_work=launch.get("sampling_work"))
         if measured is not None:
             store_recorded(launch["key"], measured, path)
             added += 1
@@ -241,6 +248,21 @@ def prior_rate(kind: str, model: str) -> Rate | None:
     return Rate(entry["rate"] * low, entry["rate"] * high, unit_of(kind), entry["overhead_seconds"],
                 f"shipped prior, not this machine ({priors['measured_on']}, {priors['date']}); calibrate for a "
                 "real figure", "prior")
+
+
+def sampling_rate(entry: dict[str, Any], model: str) -> tuple[float, str] | None:
+    """(sampled tokens per second of RFT's dynamic sampling, where it came from): finished jobs first, then the
+    calibration, then the shipped prior for the embedded model."""
+    recorded = [r["sampling_rate"] for r in entry.get("recorded") or [] if r.get("sampling_rate")]
+    if recorded:
+        return statistics.median(recorded), f"{len(recorded)} finished job{'s' if len(recorded) > 1 else ''}"
+    calibrated = (entry.get("calibrated") or {}).get("sampling_rate")
+    if calibrated:
+        return calibrated, "calibrated"
+    from nbtoolkit.models import DEFAULT_MODEL
+
+    prior = _priors()["rates"].get("rft_sampling") if model_id(model) == DEFAULT_MODEL else None
+    return (prior["rate"], "shipped prior") if prior else None
 
 
 def rate_from_entry(kind: str, entry: dict[str, Any]) -> Rate | None:
@@ -292,7 +314,7 @@ def run_calibration(spec: Any, data_file: str, work_of: Any, *, timeout: float =
                     python: str = sys.executable, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `spec` shrunk by calibration_spec on the first rows of `data_file` through the job worker, in a
     subprocess (the kernel stays free); returns the measured rate. work_of(calibration spec, rows file) gives the
-    work the shrunk job processes (RFT, eval)."""
+    work the shrunk job processes and the tokens it samples before training (RFT, eval)."""
     small, rows = calibration_spec(spec)
     with tempfile.TemporaryDirectory(prefix="nbtoolkit-calibrate-") as tmp:
         tmp_path = Path(tmp)
@@ -315,8 +337,8 @@ def run_calibration(spec: Any, data_file: str, work_of: Any, *, timeout: float =
         except subprocess.TimeoutExpired as error:
             raise CalibrationError(f"calibration of {spec.kind} on {spec.model} took over {timeout:.0f} s") from error
         wall = time.perf_counter() - started
-        work = None if spec.kind.startswith("sft") else work_of(small, rows_file)
-        measured = measured_from_run(run_dir, work=work)
+        work, sampling_work = (None, None) if spec.kind.startswith("sft") else work_of(small, rows_file)
+        measured = measured_from_run(run_dir, work=work, sampling_work=sampling_work)
         if completed.returncode != 0 or measured is None:
             log = (run_dir / "log.txt").read_text() if (run_dir / "log.txt").exists() else ""
             tail = "\n".join((log + completed.stdout).splitlines()[-15:])

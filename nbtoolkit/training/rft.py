@@ -319,7 +319,8 @@ def learnable_prompts(loaded: LoadedModel, records: Sequence[dict], reward_fn: R
         log.info(f"dynamic sampling: {len(kept)} of {len(chosen)} prompts have replies that earn different rewards "
                  f"({config.number_generation} sampled at temperature {config.temperature:g}); GRPO trains on those "
                  f"({time.perf_counter() - started:.0f} s)")
-        log.metric(step=0, phase="dynamic_sampling", prompts_sampled=len(chosen), prompts_kept=len(kept))
+        log.metric(step=0, phase="dynamic_sampling", prompts_sampled=len(chosen), prompts_kept=len(kept),
+                   seconds=round(time.perf_counter() - started, 2))
     return kept
 
 
@@ -689,6 +690,7 @@ def _summary(config: RFTLoraConfig, status: str, steps: int, plan: BatchPlan, re
     rows = [by_step[step] for step in sorted(by_step)]
     rewards = [row["reward_mean"] for row in rows if row.get("reward_mean") is not None]
     kls = [row["kl"] for row in rows if row.get("kl") is not None]
+    sampling = [row for row in read_metrics(log.run_dir) if row.get("phase") == "dynamic_sampling"]
     return {
         "method": config.METHOD,
         "status": status,
@@ -705,6 +707,8 @@ def _summary(config: RFTLoraConfig, status: str, steps: int, plan: BatchPlan, re
         "eval_reward_after": after_eval,
         "batch": asdict(plan),
         "entropy_bonus": {"ent_coeff": config.ent_coeff, "applied_as": "trl GRPOConfig.entropy_coef"},
+        "sampled_prompts": sampling[-1]["prompts_sampled"] if sampling else 0,
+        "sampling_seconds": sampling[-1].get("seconds", 0.0) if sampling else 0.0,  # dynamic sampling
         "train_seconds": 0.0,
         "seconds_per_step": None,
         "total_seconds": round(time.perf_counter() - run_started, 2),
