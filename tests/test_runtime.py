@@ -218,7 +218,10 @@ def test_cancel_checkpoints_then_resume_finishes_in_the_same_run_dir(runtime):
 
 def test_sigkill_is_detected_and_launch_resume_from_continues_then_completed_dir_is_refused(runtime):
     job = runtime.launch(count_spec(40))
-    wait_for(lambda: (job.progress() or {}).get("step", 0) >= 3, what="step 3")
+    state_file = job.run_dir / "checkpoints" / "state.json"
+    # The checkpoint, not the progress bar: under load the kill can land between a step's progress and its save.
+    wait_for(lambda: state_file.exists() and json.loads(state_file.read_text() or "{}").get("step", 0) >= 3,
+             what="checkpoint of step 3")
     pid = job.status().pid
     os.killpg(pid, signal.SIGKILL)
     # A handle without the Popen (a fresh kernel) sees the dead (zombie) pid too.
@@ -227,7 +230,7 @@ def test_sigkill_is_detected_and_launch_resume_from_continues_then_completed_dir
     assert died.reason == "process died (killed?)"
     assert job.status().reason == "process died (killed?)"
     assert json.loads((job.run_dir / STATUS_FILE).read_text())["state"] == FAILED  # recorded for later readers
-    checkpoint = json.loads((job.run_dir / "checkpoints" / "state.json").read_text())["step"]
+    checkpoint = json.loads(state_file.read_text())["step"]
 
     resumed = runtime.launch(count_spec(40), resume_from=job.run_dir)
     assert resumed.run_dir == job.run_dir
