@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${NBTOOLKIT_STUDIO_VENV:-.venv-studio}"
 started=$SECONDS
-say() { echo "[studio-env] $*"; }
+say() { echo "[studio-env +$((SECONDS - started)) s] $*"; }
 
 # The first interpreter of Python $1 (e.g. 3.12) on PATH or under pyenv, or nothing.
 find_python() {
