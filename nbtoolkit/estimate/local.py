@@ -6,9 +6,9 @@
 
 Work per kind: SFT processes max_steps x global_batch_size sequences of the file's mean length after the
 max_prompt_tokens and max_length cuts (training tokens); RFT samples global_batch_size replies per step, each
-a prompt plus up to max_new_tokens (rollout tokens), after dynamic sampling has sampled number_generation replies to each of up to
-dynamic_sampling prompts (sampled tokens, at their own rate); eval reads each row's prompt and writes up to
-max_new_tokens (eval tokens).
+a prompt plus up to max_new_tokens (rollout tokens), after dynamic sampling has drawn number_generation replies
+to each of up to dynamic_sampling prompts (sampled tokens, timed at their own rate); eval reads each row's prompt
+and writes up to max_new_tokens (eval tokens).
 """
 
 from __future__ import annotations
