@@ -74,7 +74,9 @@ PROFILES: dict[str, Profile] = {
         "on 2 cores with native bf16, about 55 on AVX2-only cores", "smollm2-135m-instruct", 1500,
         eval={},
         sft={"lr": 5e-5, "max_steps": 360, "warmup_steps": 25, "save_steps": 60},
-        rft={"max_steps": 20, "save_steps": 10},
+        # GRPO forward passes of 2 completions, not all 8 of a step at once: peak RSS 4.0 GB instead of 10.9 GB, and
+        # no slower (30 vs 33 s per step on 2 AVX2 cores, same replies).
+        rft={"max_steps": 20, "save_steps": 10, "micro_batch_size": 2},
         general={"checks": (RETENTION,), "limit": 500, "probe_prompts": None}, sft_method="sft_full"),
 }
 
