@@ -686,11 +686,12 @@ def _summary(config: RFTLoraConfig, status: str, steps: int, plan: BatchPlan, re
              adapter_dir: Path | None = None) -> dict:
     """The JSON-ready result of run_rft; reward and kl come from every train row of metrics.jsonl, so a resumed
     run reports the first reward of the whole run."""
-    by_step = {row["step"]: row for row in read_metrics(log.run_dir) if row.get("phase") == "train"}
+    logged = read_metrics(log.run_dir)
+    by_step = {row["step"]: row for row in logged if row.get("phase") == "train"}
     rows = [by_step[step] for step in sorted(by_step)]
     rewards = [row["reward_mean"] for row in rows if row.get("reward_mean") is not None]
     kls = [row["kl"] for row in rows if row.get("kl") is not None]
-    sampling = [row for row in read_metrics(log.run_dir) if row.get("phase") == "dynamic_sampling"]
+    sampling = [row for row in logged if row.get("phase") == "dynamic_sampling"]
     return {
         "method": config.METHOD,
         "status": status,
