@@ -4,6 +4,7 @@ jobs, calibration, and SageMaker prices (Price List API through botocore Stubber
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -186,7 +187,7 @@ def test_finished_jobs_refine_the_rate(tmp_path, cache, tiny_dir, monkeypatch):
     assert record["actual_seconds"] == 60.0 and record["low_seconds"] == pytest.approx(found.estimate.low_seconds)
 
 
-def test_rfts_dynamic_sampling_is_timed_at_its_own_rate_not_taken_for_overhead(tmp_path, cache, tiny_dir):
+def test_rfts_sampling_before_training_is_timed_at_its_own_rate_not_taken_for_overhead(tmp_path, cache, tiny_dir):
     prompts = write_jsonl(tmp_path / "rft.jsonl", chat_rows(12))
     spec = JobSpec("rft_lora", RFTLoraConfig.for_platform("local", max_steps=4, warmup_steps=0, save_steps=4,
                                                           global_batch_size=4, micro_batch_size=4,
@@ -195,7 +196,7 @@ def test_rfts_dynamic_sampling_is_timed_at_its_own_rate_not_taken_for_overhead(t
     rates.store_calibration(local.estimate_spec(spec).key, {"rate": 10.0, "overhead_seconds": 5.0, "seconds": 9.0,
                                                              "when": "2026-12-01"})
     found = local.estimate_spec(spec)
-    assert any("dynamic sampling before training: not timed" in note for note in found.estimate.notes)
+    assert any("sampling before training: not timed" in note for note in found.estimate.notes)
     run_dir = tmp_path / "runs" / "rft"
     run_dir.mkdir(parents=True)
     local.record_launch_estimate(run_dir, found)
@@ -206,7 +207,7 @@ def test_rfts_dynamic_sampling_is_timed_at_its_own_rate_not_taken_for_overhead(t
     entry = rates.cached_entry(refined.key)["recorded"][0]
     assert entry["overhead_seconds"] == pytest.approx(10.0)  # 100 s - 60 s of steps - 30 s of sampling
     assert entry["sampling_rate"] == pytest.approx(found.work.sampling / 30.0)
-    assert any("dynamic sampling before training: 30 s" in note for note in refined.estimate.notes)
+    assert any("dynamic sampling): 30 s" in note for note in refined.estimate.notes)
     middle = (refined.estimate.low_seconds + refined.estimate.high_seconds) / 2
     assert middle == pytest.approx(100.0, rel=0.2)
 
@@ -220,13 +221,65 @@ def test_work_per_kind_follows_the_config(tmp_path, cache, tiny_dir):
                                                          max_new_tokens=8, max_prompt_tokens=48),
                   model=tiny_dir, train_file=stats.path, labels=LABELS)
     assert local.job_work(rft, stats).busy == pytest.approx(3 * 4 * (stats.mean_prompt(48) + 8))
-    assert local.job_work(rft, stats).sampling == pytest.approx(12 * 2 * (stats.mean_prompt(48) + 8))  # all 12 rows
+    # dynamic sampling and the precheck each draw every one of the 12 rows
+    assert local.job_work(rft, stats).sampling == pytest.approx((12 + 12) * 2 * (stats.mean_prompt(48) + 8))
+    small_precheck = replace(rft, extra={"precheck_prompts": 4})
+    assert local.job_work(small_precheck, stats).sampling == pytest.approx((12 + 4) * 2 * (stats.mean_prompt(48) + 8))
     evaluation = JobSpec("eval", EvalConfig.for_platform("local", limit=5, max_new_tokens=4),
                          model=tiny_dir, eval_file=stats.path, labels=LABELS)
     assert local.job_work(evaluation, stats).busy == pytest.approx(5 * (stats.mean_prompt(192) + 4))
     full = JobSpec("sft_full", SFTFullConfig.for_platform("local", max_steps=20, warmup_steps=2, save_steps=10),
                    model=tiny_dir, train_file=stats.path)
     assert local.job_work(full, stats).busy == pytest.approx(20 * 8 * stats.mean_sequence(384, 192))
+
+
+def test_calibration_rows_are_those_of_about_the_mean_length(tmp_path, tiny_dir):
+    from nbtoolkit.models import tiny_tokenizer
+
+    rows = chat_rows(12)  # user turns repeat 1..6 times: lengths cycle short to long
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    stats = token_stats(path, tiny_tokenizer(), tokenizer_name="t")
+    spec = _sft_spec(tiny_dir, path)
+    order = local.typical_rows(spec, stats)
+    lengths = stats.sequence_lengths(spec.config.max_length, spec.config.max_prompt_tokens)
+    assert sorted(order) == list(range(12))
+    distance = abs(lengths - lengths.mean())
+    assert distance[order[0]] == distance.min() and distance[order[-1]] == distance.max()
+    assert list(distance[order]) == sorted(distance)
+    rates._copy_rows(path, tmp_path / "copy.jsonl", order[:3])
+    copied = [json.loads(line) for line in (tmp_path / "copy.jsonl").read_text().splitlines()]
+    assert copied == [rows[i] for i in order[:3]]
+    sampled = token_stats(path, tiny_tokenizer(), tokenizer_name="t", sample=4)
+    assert list(sampled.file_rows()) == [0, 3, 7, 11]  # the rows an evenly spaced sample counted
+
+
+def test_a_rate_measured_on_rows_of_another_length_is_used_only_when_nothing_closer_is_known(tmp_path, cache,
+                                                                                             tiny_dir):
+    spec = _sft_spec(tiny_dir, write_jsonl(tmp_path / "train.jsonl", chat_rows(12)))
+    found = local.estimate_spec(spec, allow_prior=False)
+    row_tokens = found.work.row_tokens
+    assert found.estimate is None and row_tokens > 0
+    rates.store_calibration(found.key, {"rate": 100.0, "overhead_seconds": 5.0, "seconds": 20.0,
+                                        "when": "2026-12-01", "row_tokens": 3 * row_tokens})
+    other = local.estimate_spec(spec)
+    assert any("another length" in note for note in other.estimate.notes)
+    assert rates.rate_from_entry("sft_lora", rates.cached_entry(found.key), row_tokens) is None
+    rates.store_calibration(found.key, {"rate": 100.0, "overhead_seconds": 5.0, "seconds": 20.0,
+                                        "when": "2026-12-01", "row_tokens": 1.1 * row_tokens})
+    near = local.estimate_spec(spec)
+    assert not any("another length" in note for note in near.estimate.notes)
+    assert near.launch_record()["row_tokens"] == pytest.approx(row_tokens)
+
+
+def test_rft_calibration_times_one_step_of_one_prompt_group_and_samples_a_few_prompts(tmp_path, tiny_dir):
+    spec = JobSpec("rft_lora", RFTLoraConfig.for_platform("local", max_steps=20, global_batch_size=8,
+                                                          micro_batch_size=2, number_generation=4),
+                   model=tiny_dir, train_file=str(tmp_path / "rft.jsonl"), labels=LABELS)
+    small, rows = rates.calibration_spec(spec)
+    assert (small.config.max_steps, small.config.global_batch_size, small.config.micro_batch_size) == (1, 4, 2)
+    assert small.config.dynamic_sampling == rates.CALIBRATION_PROMPTS == rows
+    assert small.extra == {"precheck_prompts": rates.CALIBRATION_PROMPTS}
+    assert rates.method_id("rft_lora", small.config) == rates.method_id("rft_lora", spec.config)
 
 
 @pytest.mark.slow

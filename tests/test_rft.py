@@ -213,7 +213,10 @@ def test_short_run_writes_metrics_adapter_and_merged_model(workspace, tmp_path):
     assert rows[0]["phase"] == "precheck" and 0.0 < rows[0]["reply_positive_share"] < 1.0
     sampled = next(row for row in rows if row.get("phase") == "dynamic_sampling")
     assert sampled["prompts_sampled"] == 12 and 2 <= sampled["prompts_kept"] <= 12
-    assert summary["sampled_prompts"] == 12 and summary["sampling_seconds"] == sampled["seconds"] > 0
+    # Sampled before training: the precheck's prompts (16, capped at the file's 12) and dynamic sampling's.
+    assert summary["sampled_prompts"] == 24 and summary["precheck"]["prompts"] == 12
+    assert summary["sampling_seconds"] == pytest.approx(sampled["seconds"] + summary["precheck"]["seconds"], abs=0.01)
+    assert sampled["seconds"] > 0
     train = [row for row in rows if row.get("phase") == "train"]
     assert [row["step"] for row in train] == [1, 2]
     for row in train:

@@ -6,9 +6,9 @@
 
 Work per kind: SFT processes max_steps x global_batch_size sequences of the file's mean length after the
 max_prompt_tokens and max_length cuts (training tokens); RFT samples global_batch_size replies per step, each
-a prompt plus up to max_new_tokens (rollout tokens), after dynamic sampling has drawn number_generation replies
-to each of up to dynamic_sampling prompts (sampled tokens, timed at their own rate); eval reads each row's prompt
-and writes up to max_new_tokens (eval tokens).
+a prompt plus up to max_new_tokens (rollout tokens), after the precheck and dynamic sampling have drawn
+number_generation replies to each of their prompts (sampled tokens, timed at their own rate); eval reads each
+row's prompt and writes up to max_new_tokens (eval tokens).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from nbtoolkit.estimate.core import Estimate, Rate
 from nbtoolkit.estimate.rates import (
@@ -53,6 +55,7 @@ class Work:
     extra_seconds: float
     detail: str
     sampling: float = 0.0
+    row_tokens: float | None = None  # mean tokens of a row (SFT: sequence; RFT, eval: prompt)
 
 
 def job_work(spec: Any, stats: TokenStats, eval_stats: TokenStats | None = None, rate: Rate | None = None) -> Work:
@@ -68,19 +71,23 @@ def job_work(spec: Any, stats: TokenStats, eval_stats: TokenStats | None = None,
             eval_tokens = evals * rows * eval_stats.mean_sequence(config.max_length, config.max_prompt_tokens)
             extra += eval_tokens / (FORWARD_SPEEDUP * rate.middle)
         return Work(busy, config.max_steps, extra, f"{config.max_steps} steps x {config.global_batch_size} rows x "
-                                                   f"{mean:.0f} tokens")
+                                                   f"{mean:.0f} tokens", row_tokens=mean)
     if spec.kind == "rft_lora":
+        from nbtoolkit.training.rft import PRECHECK_PROMPTS
+
         prompt = stats.mean_prompt(config.max_prompt_tokens)
         per_step = config.global_batch_size * (prompt + config.max_new_tokens)
-        sampled = min(config.dynamic_sampling, stats.rows) * config.number_generation
+        precheck = (spec.extra or {}).get("precheck_prompts", PRECHECK_PROMPTS)
+        sampled = (min(config.dynamic_sampling, stats.rows) + min(precheck, stats.rows)) * config.number_generation
         return Work(config.max_steps * per_step, config.max_steps, stats.tokenize_seconds,
                     f"{config.max_steps} steps x {config.global_batch_size} replies x ({prompt:.0f} prompt + "
-                    f"{config.max_new_tokens} new tokens)", sampling=sampled * (prompt + config.max_new_tokens))
+                    f"{config.max_new_tokens} new tokens)", sampling=sampled * (prompt + config.max_new_tokens),
+                    row_tokens=prompt)
     if spec.kind == "eval":
         rows = min(config.limit, stats.rows) if config.limit else stats.rows
         prompt = stats.mean_prompt(config.max_prompt_tokens)
         return Work(rows * (prompt + config.max_new_tokens), 0, 0.0,
-                    f"{rows} rows x ({prompt:.0f} prompt + {config.max_new_tokens} new tokens)")
+                    f"{rows} rows x ({prompt:.0f} prompt + {config.max_new_tokens} new tokens)", row_tokens=prompt)
     raise ValueError(f"no estimate for job kind {spec.kind!r}")
 
 
@@ -107,7 +114,7 @@ class JobEstimate:
         """What estimate.json holds (the actual time comes from result.json when the job ends)."""
         return {"estimate": self.estimate.to_dict() if self.estimate is not None else None,
                 "message": self.message, "key": self.key, "machine": machine_id(), "busy_work": self.work.busy,
-                "sampling_work": self.work.sampling,
+                "sampling_work": self.work.sampling, "row_tokens": self.work.row_tokens,
                 "steps": self.work.steps, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -121,26 +128,34 @@ def estimate_spec(spec: Any, *, calibrate: bool = False, runs_dir: str | os.Path
     key = rate_key(spec.kind, spec.config, model)
     if runs_dir is not None:
         absorb_finished_runs(runs_dir, cache)
-    rate = rate_from_entry(spec.kind, cached_entry(key, cache))
+    stats = _stats(spec, model, None)
+    row_tokens = job_work(spec, stats).row_tokens
+    entry = cached_entry(key, cache)
+    rate = rate_from_entry(spec.kind, entry, row_tokens)
     if rate is None and calibrate:
         rate = calibrate_spec(spec, rate_model=model, cache=cache)
+    other_length = rate is None and rate_from_entry(spec.kind, entry) is not None
+    if other_length:  # better than a prior from another machine, and said
+        rate = rate_from_entry(spec.kind, entry)
     if rate is None and allow_prior:
         rate = prior_rate(spec.kind, model)
-    stats = _stats(spec, model, None)
     eval_stats = _stats(spec, model, spec.eval_file) if spec.kind.startswith("sft") and spec.eval_file else None
     work = job_work(spec, stats, eval_stats, rate)
     if rate is None:
         return JobEstimate(None, key, work, NO_RATE)
     notes = [work.detail]
+    if other_length:
+        notes.append(f"rate measured on rows of another length than these ({row_tokens:.0f} tokens): calibrate "
+                     "for a closer figure")
     extra_seconds = work.extra_seconds
     if work.sampling:
         sampled = sampling_rate(cached_entry(key, cache), model)
         if sampled is None:
-            notes.append("dynamic sampling before training: not timed (no sampling rate for this machine yet)")
+            notes.append("sampling before training: not timed (no sampling rate for this machine yet)")
         else:
             extra_seconds += work.sampling / sampled[0]
-            notes.append(f"dynamic sampling before training: {work.sampling / sampled[0]:.0f} s at "
-                         f"{sampled[0]:,.0f} sampled tokens/s ({sampled[1]})")
+            notes.append(f"sampling before training (precheck, dynamic sampling): {work.sampling / sampled[0]:.0f} s "
+                         f"at {sampled[0]:,.0f} sampled tokens/s ({sampled[1]})")
     checks = _validation_checks(spec, model, calibrate=calibrate, cache=cache)
     if checks is not None:
         extra_seconds += checks[0]
@@ -171,11 +186,12 @@ def _validation_checks(spec: Any, model: str, *, calibrate: bool, cache: Path | 
                                           max_new_tokens=new_tokens, max_prompt_tokens=config.max_prompt_tokens,
                                           limit=rows)
     what = f"{len(steps)} checkpoint checks x {rows} validation rows"
-    rate = rate_from_entry("eval", cached_entry(rate_key("eval", eval_config, model), cache))
+    entry = cached_entry(rate_key("eval", eval_config, model), cache)
+    rate = rate_from_entry("eval", entry, stats.mean_prompt(config.max_prompt_tokens))
     if rate is None and calibrate:
         rate = calibrate_spec(replace(spec, kind="eval", config=eval_config, eval_file=path, extra={}),
                               rate_model=model, cache=cache)
-    rate = rate or prior_rate("eval", model)
+    rate = rate or rate_from_entry("eval", entry) or prior_rate("eval", model)
     if rate is None:
         return 0.0, f"{what}: not timed ({NO_RATE.split(':')[0]} for evaluation)"
     seconds = len(steps) * rows * (stats.mean_prompt(config.max_prompt_tokens) + new_tokens) / rate.middle
@@ -212,17 +228,28 @@ def estimate_jobs(specs: list[Any], what: str = "plan", *, calibrate: bool = Fal
     return Estimate.in_sequence(what, parts, (*left_out, *notes))
 
 
+def typical_rows(spec: Any, stats: TokenStats) -> list[int]:
+    """The data file's rows, those closest to the mean length first (sequence for SFT, prompt otherwise): a token
+    costs more in a longer batch, so a calibration on rows of about the mean length times the job's average batch."""
+    config = spec.config
+    if spec.kind.startswith("sft"):
+        lengths = stats.sequence_lengths(config.max_length, config.max_prompt_tokens)
+    else:
+        lengths = stats.prompt_lengths(config.max_prompt_tokens)
+    nearest = np.argsort(np.abs(lengths - lengths.mean()), kind="stable")
+    return [int(i) for i in stats.file_rows()[nearest]]
+
+
 def calibrate_spec(spec: Any, *, rate_model: str | None = None, cache: Path | None = None) -> Rate:
     """Time a couple of steps of `spec` on a few of its rows (a subprocess, under 30 s with the embedded model),
     cache the rate for this machine, model, method and device plan, and return it."""
     model = rate_model or spec.model
     key = rate_key(spec.kind, spec.config, model)
 
-    def work_of(small: Any, rows_file: Path) -> tuple[float, float]:
-        work = job_work(small, _stats(small, model, str(rows_file)))
-        return work.busy, work.sampling
+    def work_of(small: Any, rows_file: Path) -> Work:
+        return job_work(small, _stats(small, model, str(rows_file)))
 
-    measured = run_calibration(spec, data_file(spec), work_of)
+    measured = run_calibration(spec, data_file(spec), work_of, rows=typical_rows(spec, _stats(spec, model, None)))
     store_calibration(key, measured, cache)
     rate = rate_from_entry(spec.kind, {"calibrated": measured})
     assert rate is not None

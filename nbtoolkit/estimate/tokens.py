@@ -56,6 +56,12 @@ class TokenStats:
     def mean_prompt(self, max_prompt_tokens: int | None) -> float:
         return float(self.prompt_lengths(max_prompt_tokens).mean())
 
+    def file_rows(self) -> np.ndarray:
+        """The file's row index of each counted row (every row, or the evenly spaced sample)."""
+        if self.sampled == self.rows:
+            return np.arange(self.rows)
+        return np.array([int(i) for i in np.linspace(0, self.rows - 1, self.sampled)])
+
 
 _CACHE: dict[tuple, TokenStats] = {}
 _LOCK = threading.Lock()
@@ -78,7 +84,7 @@ def token_stats(path: str | os.PathLike, tokenizer, *, tokenizer_name: str = "",
     examples = load_eval_examples(path)  # every record format the jobs read: conversation + reference answer
     rows = len(examples)
     if rows > sample:
-        examples = [examples[int(i)] for i in np.linspace(0, rows - 1, sample)]
+        examples = [examples[int(i)] for i in np.linspace(0, rows - 1, sample)]  # TokenStats.file_rows
     started = time.perf_counter()
     prompts = [tokenizer.apply_chat_template(e.conversation, add_generation_prompt=True, tokenize=False)
                for e in examples]

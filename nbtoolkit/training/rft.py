@@ -530,6 +530,7 @@ def run_rft(
     resume: bool = False,
     log: RunLog | None = None,
     stop_event=None,
+    precheck_prompts: int = PRECHECK_PROMPTS,
 ) -> dict:
     """GRPO with LoRA from `model` (a full model directory or name) on the prompts of train_file.
 
@@ -537,7 +538,7 @@ def run_rft(
     nbtoolkit.rewards.REWARDS and built for `labels`. stop_event (anything with is_set()) stops after the current
     step with a checkpoint; resume=True continues from the newest checkpoint in run_dir/checkpoints. Returns a
     JSON-ready summary; the merged model lands in run_dir/model (load it with load_model), the adapter in
-    run_dir/adapter.
+    run_dir/adapter. precheck_prompts: how many training prompts the positive-share precheck samples.
     """
     from peft import LoraConfig
     from trl import GRPOTrainer
@@ -601,7 +602,7 @@ def run_rft(
         before = json.loads(precheck_path.read_text())
         log.info("resuming: positive-share precheck read from precheck.json")
     else:
-        before = {"precheck": positive_share_precheck(loaded, records, reward_fn, config)}
+        before = {"precheck": positive_share_precheck(loaded, records, reward_fn, config, n_prompts=precheck_prompts)}
         if eval_records is not None:
             before["eval"] = held_out_reward(loaded, eval_records, reward_fn, max_new_tokens=config.max_new_tokens)
         write_json_atomic(precheck_path, before)
@@ -692,6 +693,8 @@ def _summary(config: RFTLoraConfig, status: str, steps: int, plan: BatchPlan, re
     rewards = [row["reward_mean"] for row in rows if row.get("reward_mean") is not None]
     kls = [row["kl"] for row in rows if row.get("kl") is not None]
     sampling = [row for row in logged if row.get("phase") == "dynamic_sampling"]
+    # A resumed run read its precheck from precheck.json and sampled nothing for it.
+    precheck_run = {"prompts": 0, "seconds": 0.0} if checkpoint is not None else precheck
     return {
         "method": config.METHOD,
         "status": status,
@@ -708,8 +711,10 @@ def _summary(config: RFTLoraConfig, status: str, steps: int, plan: BatchPlan, re
         "eval_reward_after": after_eval,
         "batch": asdict(plan),
         "entropy_bonus": {"ent_coeff": config.ent_coeff, "applied_as": "trl GRPOConfig.entropy_coef"},
-        "sampled_prompts": sampling[-1]["prompts_sampled"] if sampling else 0,
-        "sampling_seconds": sampling[-1].get("seconds", 0.0) if sampling else 0.0,  # dynamic sampling
+        # Replies sampled before training (the precheck and dynamic sampling), timed apart from the GRPO steps.
+        "sampled_prompts": precheck_run["prompts"] + (sampling[-1]["prompts_sampled"] if sampling else 0),
+        "sampling_seconds": round(precheck_run["seconds"] + (sampling[-1].get("seconds", 0.0) if sampling else 0.0),
+                                  2),
         "train_seconds": 0.0,
         "seconds_per_step": None,
         "total_seconds": round(time.perf_counter() - run_started, 2),
