@@ -3,6 +3,9 @@ standard-profile SFT (--standard-sft), each estimated at launch and then run.
 
     nice -n 10 .venv/bin/python benchmarks/estimate_accuracy.py                   # quick profile
     nice -n 10 .venv/bin/python benchmarks/estimate_accuracy.py --standard-sft    # plus the 360-step full SFT
+    nice -n 10 .venv/bin/python benchmarks/estimate_accuracy.py --standard-sft --skip-quick  # that job alone
+    nice -n 10 .venv/bin/python benchmarks/estimate_accuracy.py --skip-quick --recorded runs/x/jobs/sft-...
+        # a job that finished here earlier, estimated again from a fresh calibration (minutes, not its hours)
     nice -n 10 .venv/bin/python benchmarks/estimate_accuracy.py --profile tiny    # the plumbing, in minutes
 
 For each job kind a calibration runs first when this machine has no rate for it yet (its seconds are reported),
@@ -60,10 +63,53 @@ def measure(spec, runtime, *, calibrate: bool, rate_model: str, log) -> dict:
     return record
 
 
+def measure_recorded(run_dir: Path, cache: Path, *, calibrate: bool, log) -> dict:
+    """Estimate a job that finished earlier on this machine (its job.json spec, paths taken from its working
+    directory) from a rate cache of its own (`cache`: a calibration on its rows, not another job's), without
+    reading its own rate, and compare with the seconds its result.json recorded."""
+    from nbtoolkit.estimate.local import estimate_spec
+    from nbtoolkit.runtime import JobSpec
+    from nbtoolkit.runtime.events import read_json
+
+    job, result = read_json(run_dir / "job.json"), read_json(run_dir / "result.json")
+    if not job or not result or result.get("status") != "COMPLETED":
+        raise SystemExit(f"{run_dir}: not a completed job (job.json and result.json with status COMPLETED)")
+    here, cache_before = os.getcwd(), os.environ.get("NBTOOLKIT_CACHE")
+    os.environ["NBTOOLKIT_CACHE"] = str(cache)
+    os.chdir(job.get("cwd") or here)  # the spec's paths are relative to where the job was launched
+    try:
+        spec = JobSpec.from_dict(job["spec"])
+        started = time.perf_counter()
+        found = estimate_spec(spec, calibrate=calibrate)  # no runs_dir: the job's own rate stays out
+    finally:
+        os.chdir(here)
+        if cache_before is None:
+            os.environ.pop("NBTOOLKIT_CACHE", None)
+        else:
+            os.environ["NBTOOLKIT_CACHE"] = cache_before
+    estimate, actual = found.estimate, float(result["seconds"])
+    record = {"job": run_dir.name, "kind": spec.kind, "run_dir": str(run_dir), "actual_seconds": actual,
+              "actual_host": job.get("host"), "actual_when": result.get("ended"),
+              "estimate_seconds_to_get": round(time.perf_counter() - started, 1), "source": found.message,
+              "low_seconds": None, "high_seconds": None, "error": None, "within_range": False}
+    if estimate is not None:
+        record.update(low_seconds=estimate.low_seconds, high_seconds=estimate.high_seconds,
+                      error=actual / estimate.middle_seconds - 1, within_range=estimate.contains(actual),
+                      source=estimate.source)
+    log(f"[{run_dir.name}] recorded {actual:.0f} s; estimated now "
+        + (f"{estimate.low_seconds:.0f}-{estimate.high_seconds:.0f} s, error {record['error']:+.0%}"
+           if estimate is not None else found.message))
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="quick", choices=["tiny", "quick"])
     parser.add_argument("--standard-sft", action="store_true", help="also the standard profile's SFT (~40 min)")
+    parser.add_argument("--skip-quick", action="store_true", help="no quick-profile jobs (with --standard-sft or "
+                                                                     "--recorded)")
+    parser.add_argument("--recorded", action="append", default=[], metavar="RUN_DIR",
+                        help="also estimate this finished job again (fresh calibration) against its recorded seconds")
     parser.add_argument("--out", default=None, help="output directory (default: a new one under runs/)")
     parser.add_argument("--no-calibrate", action="store_true", help="estimate from cached rates and priors only")
     parser.add_argument("--fresh-cache", action="store_true", help="a rate cache of its own, inside --out")
@@ -77,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from nbtoolkit.runtime import LocalRuntime
     from nbtoolkit.runtime.events import new_run_dir
 
-    out = Path(args.out) if args.out else new_run_dir("runs", f"estimate-accuracy-{args.profile}")
+    out = (Path(args.out) if args.out else new_run_dir("runs", f"estimate-accuracy-{args.profile}")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.fresh_cache:
         os.environ["NBTOOLKIT_CACHE"] = str(out / "cache")
@@ -94,18 +140,24 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
-    sft = measure(specs["sft"], runtime, calibrate=calibrate, rate_model=model, log=log)
-    records.append(sft)
-    records.append(measure(replace(specs["rft"], model=sft["run_dir"]), runtime, calibrate=calibrate,
-                           rate_model=model, log=log))
-    records.append(measure(replace(specs["eval-baseline"], name="eval"), runtime, calibrate=calibrate,
-                           rate_model=model, log=log))
+    if not (args.skip_quick and (args.standard_sft or args.recorded)):
+        sft = measure(specs["sft"], runtime, calibrate=calibrate, rate_model=model, log=log)
+        records.append(sft)
+        records.append(measure(replace(specs["rft"], model=sft["run_dir"]), runtime, calibrate=calibrate,
+                               rate_model=model, log=log))
+        records.append(measure(replace(specs["eval-baseline"], name="eval"), runtime, calibrate=calibrate,
+                               rate_model=model, log=log))
     if args.standard_sft:
         standard = PROFILES["standard"]
         config = PipelineConfig(profile="standard", stages=("sft",), seed=args.seed)
         spec = next(s for s in pipeline_specs(config, data, standard.model) if s.name == "sft")
         records.append(measure(replace(spec, name="standard-sft"), runtime, calibrate=calibrate,
                                rate_model=standard.model, log=log))
+
+    for run_dir in args.recorded:
+        run_dir = Path(run_dir).resolve()
+        records.append(measure_recorded(run_dir, out / "cache-recorded" / run_dir.name, calibrate=calibrate,
+                                        log=log))
 
     errors = [abs(r["error"]) for r in records if r.get("error") is not None]
     summary = {"profile": args.profile, "target": TARGET, "records": records,
