@@ -229,8 +229,8 @@ def estimate_jobs(specs: list[Any], what: str = "plan", *, calibrate: bool = Fal
 
 
 def typical_rows(spec: Any, stats: TokenStats) -> list[int]:
-    """The data file's rows, those closest to the mean length first (sequence for SFT, prompt otherwise): a token
-    costs more in a longer batch, so a calibration on rows of about the mean length times the job's average batch."""
+    """The data file's rows, those closest to the mean length first (sequence for SFT, prompt otherwise): a token's
+    cost depends on its batch's length, so a calibration on rows of about the mean length times an average batch."""
     config = spec.config
     if spec.kind.startswith("sft"):
         lengths = stats.sequence_lengths(config.max_length, config.max_prompt_tokens)
