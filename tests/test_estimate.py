@@ -280,6 +280,9 @@ def test_rft_calibration_times_one_step_of_one_prompt_group_and_samples_a_few_pr
     assert small.config.dynamic_sampling == rates.CALIBRATION_PROMPTS == rows
     assert small.extra == {"precheck_prompts": rates.CALIBRATION_PROMPTS}
     assert rates.method_id("rft_lora", small.config) == rates.method_id("rft_lora", spec.config)
+    defaults = replace(spec, config=RFTLoraConfig.for_platform("local"))  # passes of 8 completions, groups of 4
+    small, _ = rates.calibration_spec(defaults)
+    assert (small.config.global_batch_size, small.config.micro_batch_size) == (4, 4)  # one group in one pass
 
 
 @pytest.mark.slow

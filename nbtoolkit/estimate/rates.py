@@ -316,9 +316,11 @@ def calibration_spec(spec: Any) -> tuple[Any, int]:
         # A GRPO step of 8 replies takes about 30 s on 2 cores: time one step of one prompt group (same forward
         # passes, same group size), and sample a few prompts for the precheck and dynamic sampling.
         group = config.number_generation
-        one_group = group % min(config.micro_batch_size, group) == 0
+        micro = min(config.micro_batch_size, group)  # a micro batch above the group: the group in one pass
+        one_group = group % micro == 0
         small = replace(config, max_steps=1, warmup_steps=0, save_steps=1, logging_steps=1,
                         global_batch_size=group if one_group else config.global_batch_size,
+                        micro_batch_size=micro if one_group else config.micro_batch_size,
                         dynamic_sampling=min(config.dynamic_sampling, CALIBRATION_PROMPTS))
         prompts = small.global_batch_size // group
         return (replace(spec, config=small, eval_file=None, extra={"precheck_prompts": CALIBRATION_PROMPTS}),
