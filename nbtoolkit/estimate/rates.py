@@ -282,7 +282,7 @@ def near_length(measured: dict[str, Any] | None, row_tokens: float | None) -> bo
 
 def rate_from_entry(kind: str, entry: dict[str, Any], row_tokens: float | None = None) -> Rate | None:
     """Recorded jobs first (the real thing on this machine), else the calibration; with row_tokens, only those
-    measured on rows of about that length (a token's cost depends on its row's length)."""
+    measured on rows of about that length (a token's cost depends on its batch's length)."""
     unit = unit_of(kind)
     recorded = [r for r in entry.get("recorded") or [] if near_length(r, row_tokens)]
     if recorded:
@@ -313,8 +313,8 @@ def calibration_spec(spec: Any) -> tuple[Any, int]:
                         logging_steps=1, global_batch_size=batch)
         return replace(spec, config=small, eval_file=None, extra={}), batch * CALIBRATION_STEPS
     if spec.kind == "rft_lora":
-        # A GRPO step of 8 replies takes about 30 s on 2 cores: time one step of one prompt group (same forward
-        # passes, same group size), and sample a few prompts for the precheck and dynamic sampling.
+        # A GRPO step of 8 replies takes about 30 s on 2 cores: time one step of one prompt group (same group size,
+        # same forward passes up to a group), and sample a few prompts for the precheck and dynamic sampling.
         group = config.number_generation
         micro = min(config.micro_batch_size, group)  # a micro batch above the group: the group in one pass
         one_group = group % micro == 0
