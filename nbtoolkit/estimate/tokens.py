@@ -58,9 +58,12 @@ class TokenStats:
 
     def file_rows(self) -> np.ndarray:
         """The file's row index of each counted row (every row, or the evenly spaced sample)."""
-        if self.sampled == self.rows:
-            return np.arange(self.rows)
-        return np.array([int(i) for i in np.linspace(0, self.rows - 1, self.sampled)])
+        return np.array(_counted_rows(self.rows, self.sampled))
+
+
+def _counted_rows(rows: int, sample: int) -> list[int]:
+    """Indices of the rows a file of `rows` rows is counted by: all of them, or `sample` evenly spaced."""
+    return list(range(rows)) if rows <= sample else [int(i) for i in np.linspace(0, rows - 1, sample)]
 
 
 _CACHE: dict[tuple, TokenStats] = {}
@@ -83,8 +86,7 @@ def token_stats(path: str | os.PathLike, tokenizer, *, tokenizer_name: str = "",
             return _CACHE[key]
     examples = load_eval_examples(path)  # every record format the jobs read: conversation + reference answer
     rows = len(examples)
-    if rows > sample:
-        examples = [examples[int(i)] for i in np.linspace(0, rows - 1, sample)]  # TokenStats.file_rows
+    examples = [examples[i] for i in _counted_rows(rows, sample)]
     started = time.perf_counter()
     prompts = [tokenizer.apply_chat_template(e.conversation, add_generation_prompt=True, tokenize=False)
                for e in examples]
