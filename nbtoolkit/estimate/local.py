@@ -129,14 +129,15 @@ def estimate_spec(spec: Any, *, calibrate: bool = False, runs_dir: str | os.Path
     if runs_dir is not None:
         absorb_finished_runs(runs_dir, cache)
     stats = _stats(spec, model, None)
-    row_tokens = job_work(spec, stats).row_tokens
+    row_tokens = float(row_lengths(spec, stats).mean())
     entry = cached_entry(key, cache)
     rate = rate_from_entry(spec.kind, entry, row_tokens)
     if rate is None and calibrate:
         rate = calibrate_spec(spec, rate_model=model, cache=cache)
-    other_length = rate is None and rate_from_entry(spec.kind, entry) is not None
-    if other_length:  # better than a prior from another machine, and said
+    other_length = False
+    if rate is None:  # a rate measured on rows of another length: better than a prior, and said
         rate = rate_from_entry(spec.kind, entry)
+        other_length = rate is not None
     if rate is None and allow_prior:
         rate = prior_rate(spec.kind, model)
     eval_stats = _stats(spec, model, spec.eval_file) if spec.kind.startswith("sft") and spec.eval_file else None
@@ -228,14 +229,18 @@ def estimate_jobs(specs: list[Any], what: str = "plan", *, calibrate: bool = Fal
     return Estimate.in_sequence(what, parts, (*left_out, *notes))
 
 
-def typical_rows(spec: Any, stats: TokenStats) -> list[int]:
-    """The data file's rows, those closest to the mean length first (sequence for SFT, prompt otherwise): a token's
-    cost depends on its batch's length, so a calibration on rows of about the mean length times an average batch."""
+def row_lengths(spec: Any, stats: TokenStats) -> np.ndarray:
+    """A row's tokens as the job's cost sees them: the training sequence for SFT, the prompt otherwise."""
     config = spec.config
     if spec.kind.startswith("sft"):
-        lengths = stats.sequence_lengths(config.max_length, config.max_prompt_tokens)
-    else:
-        lengths = stats.prompt_lengths(config.max_prompt_tokens)
+        return stats.sequence_lengths(config.max_length, config.max_prompt_tokens)
+    return stats.prompt_lengths(config.max_prompt_tokens)
+
+
+def typical_rows(spec: Any, stats: TokenStats) -> list[int]:
+    """The data file's rows, those closest to the mean length first: a token's cost depends on its batch's
+    length, so a calibration on rows of about the mean length times an average batch."""
+    lengths = row_lengths(spec, stats)
     nearest = np.argsort(np.abs(lengths - lengths.mean()), kind="stable")
     return [int(i) for i in stats.file_rows()[nearest]]
 
