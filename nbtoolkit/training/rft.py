@@ -598,7 +598,8 @@ def run_rft(
 
     # Checks of the starting model, kept in precheck.json so a resumed run reports the same numbers.
     precheck_path = run_dir / PRECHECK_FILE
-    if resume and checkpoint is not None and precheck_path.exists():
+    precheck_read = resume and checkpoint is not None and precheck_path.exists()
+    if precheck_read:
         before = json.loads(precheck_path.read_text())
         log.info("resuming: positive-share precheck read from precheck.json")
     else:
@@ -622,7 +623,7 @@ def run_rft(
     if stop_event is not None and stop_event.is_set():
         log.info("stop requested before training: nothing trained, no model written")
         return _summary(config, "stopped", 0, plan, reward_name, precheck, before, None, warnings, run_dir,
-                        log, loaded, run_started, checkpoint if resume else None)
+                        log, loaded, run_started, checkpoint if resume else None, precheck_read=precheck_read)
 
     from datasets import Dataset
 
@@ -674,7 +675,8 @@ def run_rft(
     log.progress(steps, config.max_steps)
 
     summary = _summary(config, status, steps, plan, reward_name, precheck, before, after_eval, warnings, run_dir,
-                       log, loaded, run_started, checkpoint if resume else None, model_dir=model_dir,
+                       log, loaded, run_started, checkpoint if resume else None, precheck_read=precheck_read,
+                       model_dir=model_dir,
                        adapter_dir=adapter_dir)
     summary["train_seconds"] = round(train_seconds, 2)
     summary["seconds_per_step"] = round(train_seconds / steps_here, 3) if steps_here else None
@@ -683,18 +685,18 @@ def run_rft(
 
 def _summary(config: RFTLoraConfig, status: str, steps: int, plan: BatchPlan, reward_name: str, precheck: dict,
              before: dict, after_eval: dict | None, warnings: list[str], run_dir: Path, log: RunLog,
-             loaded: LoadedModel, run_started: float, checkpoint: Path | None, *, model_dir: Path | None = None,
-             adapter_dir: Path | None = None) -> dict:
+             loaded: LoadedModel, run_started: float, checkpoint: Path | None, *, precheck_read: bool = False,
+             model_dir: Path | None = None, adapter_dir: Path | None = None) -> dict:
     """The JSON-ready result of run_rft; reward and kl come from every train row of metrics.jsonl, so a resumed
-    run reports the first reward of the whole run."""
+    run reports the first reward of the whole run. precheck_read: the precheck came from precheck.json (a resumed
+    run), so this run sampled nothing for it."""
     logged = read_metrics(log.run_dir)
     by_step = {row["step"]: row for row in logged if row.get("phase") == "train"}
     rows = [by_step[step] for step in sorted(by_step)]
     rewards = [row["reward_mean"] for row in rows if row.get("reward_mean") is not None]
     kls = [row["kl"] for row in rows if row.get("kl") is not None]
     sampling = [row for row in logged if row.get("phase") == "dynamic_sampling"]
-    # A resumed run read its precheck from precheck.json and sampled nothing for it.
-    precheck_run = {"prompts": 0, "seconds": 0.0} if checkpoint is not None else precheck
+    precheck_run = {"prompts": 0, "seconds": 0.0} if precheck_read else precheck
     return {
         "method": config.METHOD,
         "status": status,
