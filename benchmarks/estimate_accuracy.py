@@ -122,28 +122,29 @@ def main(argv: list[str] | None = None) -> int:
     out = (Path(args.out) if args.out else new_run_dir("runs", f"estimate-accuracy-{args.profile}")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.fresh_cache:
-        os.environ["NBTOOLKIT_CACHE"] = str(out / "cache")
-    profile = PROFILES[args.profile]
-    if args.fresh_cache:
         from nbtoolkit.models.registry import ensure_embedded_cache
 
+        os.environ["NBTOOLKIT_CACHE"] = str(out / "cache")
         started = time.perf_counter()
         ensure_embedded_cache()  # the embedded model's one-time conversion, kept out of the first calibration
         print(f"embedded model converted into the fresh cache in {time.perf_counter() - started:.0f} s (once per "
               "cache, not part of a calibration)", flush=True)
-    model = (str(tiny_model(seed=args.seed, vocab_from=None).save(out / "tiny-model")) if profile.model == "tiny"
-             else profile.model)
-    data = prepared_data(profile, out, args.seed)
-    runtime = LocalRuntime(out / "jobs")
-    specs = {s.name: s for s in pipeline_specs(PipelineConfig(profile=args.profile, model=model, seed=args.seed),
-                                               data, model)}
     calibrate = not args.no_calibrate
     records = []
 
     def log(message: str) -> None:
         print(message, flush=True)
 
-    if not (args.skip_quick and (args.standard_sft or args.recorded)):
+    quick = not (args.skip_quick and (args.standard_sft or args.recorded))
+    if quick or args.standard_sft:  # jobs run here on the profile's synthetic data
+        profile = PROFILES[args.profile]
+        model = (str(tiny_model(seed=args.seed, vocab_from=None).save(out / "tiny-model"))
+                 if profile.model == "tiny" else profile.model)
+        data = prepared_data(profile, out, args.seed)
+        runtime = LocalRuntime(out / "jobs")
+        specs = {s.name: s for s in pipeline_specs(PipelineConfig(profile=args.profile, model=model, seed=args.seed),
+                                                   data, model)}
+    if quick:
         sft = measure(specs["sft"], runtime, calibrate=calibrate, rate_model=model, log=log)
         records.append(sft)
         records.append(measure(replace(specs["rft"], model=sft["run_dir"]), runtime, calibrate=calibrate,
