@@ -430,12 +430,12 @@ def test_a_run_resumed_after_a_failed_checkpoint_logs_each_step_once(tmp_path, m
 
     from nbtoolkit.models import tiny_model
     from nbtoolkit.runtime.events import read_metrics
-    from nbtoolkit.training import sft
+    from nbtoolkit.training import checkpoints
     from test_sft import chat_rows, full_config, train, write_rows
 
     model_dir = tiny_model(seed=0, vocab_from=None).save(tmp_path / "model")
     train_file = write_rows(tmp_path / "train.jsonl", chat_rows(24))
-    real_write, written = sft._write_trainer_state, []
+    real_write, written = checkpoints._write_trainer_state, []
 
     def fail_on_second(path, progress):
         if written:
@@ -443,13 +443,13 @@ def test_a_run_resumed_after_a_failed_checkpoint_logs_each_step_once(tmp_path, m
         written.append(progress.step)
         real_write(path, progress)
 
-    monkeypatch.setattr(sft, "_write_trainer_state", fail_on_second)
+    monkeypatch.setattr(checkpoints, "_write_trainer_state", fail_on_second)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with pytest.raises(OSError, match="disk full"):
             train(full_config(save_steps=1, max_steps=3), model_dir, train_file, tmp_path / "run")
-        monkeypatch.setattr(sft, "_write_trainer_state", real_write)
+        monkeypatch.setattr(checkpoints, "_write_trainer_state", real_write)
         train(full_config(save_steps=1, max_steps=3), model_dir, train_file, tmp_path / "run", resume=True)
     finally:
         torch.set_num_threads(threads)

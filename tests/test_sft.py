@@ -13,7 +13,7 @@ from nbtoolkit.errors import DataError, NbtoolkitError
 from nbtoolkit.generation import generate_replies
 from nbtoolkit.models import answer_terminator_ids, load_model, tiny_model
 from nbtoolkit.runtime.events import RunLog, read_metrics
-from nbtoolkit.training import sft
+from nbtoolkit.training import checkpoints, sft
 from nbtoolkit.training.config import SFTFullConfig, SFTLoraConfig
 from nbtoolkit.training.sft import (
     BatchOrder,
@@ -355,7 +355,7 @@ def test_stop_event_set_before_the_first_step(tiny_dir, train_file, tmp_path):
 
 def test_checkpoint_is_atomic(tiny_dir, train_file, tmp_path, monkeypatch):
     written = []
-    real_write = sft._write_trainer_state
+    real_write = checkpoints._write_trainer_state
 
     def fail_on_second(path, progress):
         if written:
@@ -364,7 +364,7 @@ def test_checkpoint_is_atomic(tiny_dir, train_file, tmp_path, monkeypatch):
         written.append(progress.step)
         real_write(path, progress)
 
-    monkeypatch.setattr(sft, "_write_trainer_state", fail_on_second)
+    monkeypatch.setattr(checkpoints, "_write_trainer_state", fail_on_second)
     run_dir = tmp_path / "run"
     with pytest.raises(OSError, match="disk full"):
         train(full_config(save_steps=1), tiny_dir, train_file, run_dir)
@@ -372,7 +372,7 @@ def test_checkpoint_is_atomic(tiny_dir, train_file, tmp_path, monkeypatch):
     assert latest_checkpoint(run_dir) == run_dir / "checkpoints" / "step-1"
     assert not (run_dir / "model").exists()
 
-    monkeypatch.setattr(sft, "_write_trainer_state", real_write)
+    monkeypatch.setattr(checkpoints, "_write_trainer_state", real_write)
     leftover = run_dir / "checkpoints" / ".step-9.tmp-crashed"  # from a process killed while writing
     leftover.mkdir()
     (leftover / "optimizer.pt").write_bytes(b"partial")
@@ -460,7 +460,7 @@ def _weights(path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("scores, expected_step", [([0.2, 0.6, 0.4, 0.5], 2), ([0.2, 0.3, 0.3, 0.3], 4)])
 def test_run_ends_on_the_step_with_the_best_validation_score(scores, expected_step, tiny_dir, train_file, tmp_path,
                                                              monkeypatch):
-    monkeypatch.setattr(sft, "KEEP_CHECKPOINTS", 10)
+    monkeypatch.setattr(checkpoints, "KEEP_CHECKPOINTS", 10)
     _scripted_validation(monkeypatch, scores)
     validation = write_rows(tmp_path / "validation.jsonl", chat_rows(12, seed=9))
     run_dir = tmp_path / "run"

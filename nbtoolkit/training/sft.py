@@ -7,22 +7,20 @@ around its own non-atomic checkpointing, while the loop is shorter and faster (b
 peft builds the adapters and the LoRA+ optimizer; transformers loads and saves the models.
 
 A run directory holds metrics.jsonl and log.txt (through RunLog), checkpoints/step-<N>/ (the last two), and at
-the end adapter/ (LoRA only) and model/ (merged weights + tokenizer, loadable with load_model).
+the end adapter/ (LoRA only) and model/ (merged weights + tokenizer, loadable with load_model); see
+nbtoolkit.training.checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,7 +34,16 @@ from nbtoolkit.generation import encode_prompts
 from nbtoolkit.generation import shared_prefix_length as token_prefix_length
 from nbtoolkit.models import answer_terminator_ids, load_model
 from nbtoolkit.models.threads import CoreShare
-from nbtoolkit.runtime.events import METRICS_FILE, RunLog, drop_metrics_after, peak_rss_mb, write_json_atomic
+from nbtoolkit.runtime.events import METRICS_FILE, RunLog, drop_metrics_after, peak_rss_mb
+from nbtoolkit.training.checkpoints import (
+    CHECKPOINT_PREFIX,
+    TrainingProgress,
+    export_model,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_leftovers,
+    save_checkpoint,
+)
 from nbtoolkit.training.config import SFTFullConfig, SFTLoraConfig
 from nbtoolkit.training.selection import (
     SELECTION_METRIC,
@@ -51,14 +58,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVAL_ROWS",
-    "KEEP_CHECKPOINTS",
     "MIN_SHARED_PREFIX",
     "BatchOrder",
     "ChatExample",
     "SFTBatch",
     "answer_token_loss",
     "collate",
+    "hidden_states",
     "latest_checkpoint",
+    "lr_factor",
     "make_optimizer",
     "read_chat_rows",
     "run_sft",
@@ -67,15 +75,12 @@ __all__ = [
 ]
 
 EVAL_ROWS = 64  # eval loss uses the first rows of eval_file: enough to follow a trend, cheap on a CPU
-KEEP_CHECKPOINTS = 2
 MAX_GRAD_NORM = 1.0
 # Rows are sorted by length within windows of this many batches (then the batches shuffled): less padding while
 # each batch stays a random draw from a small window of the shuffled data.
 LENGTH_GROUP_BATCHES = 4
 # Shorter common prefixes are not worth a second decoder call.
 MIN_SHARED_PREFIX = 16
-CHECKPOINT_PREFIX = "step-"
-STATE_FILE = "trainer_state.json"
 
 
 class StopFlag(Protocol):
@@ -205,7 +210,7 @@ def shared_prefix_length(batch: SFTBatch) -> int:
     return min(token_prefix_length(batch.input_ids.tolist()), first_answer)
 
 
-def _hidden_states(base: torch.nn.Module, batch: SFTBatch, share_prefix: bool) -> tuple[torch.Tensor, int]:
+def hidden_states(base: torch.nn.Module, batch: SFTBatch, share_prefix: bool) -> tuple[torch.Tensor, int]:
     """The decoder's last hidden states, and the offset of their first position. With share_prefix, the prefix
     that all rows share runs once and its keys and values are repeated for every row (gradients flow through
     them), so a long common system prompt costs one row instead of one per row."""
@@ -239,7 +244,7 @@ def answer_token_loss(
         logits = model(input_ids=batch.input_ids, attention_mask=attention, use_cache=False).logits
         return F.cross_entropy(logits[batch.answer_positions].float(), batch.targets, reduction="sum")
     base = _base_model(model)
-    hidden, offset = _hidden_states(base, batch, share_prefix)
+    hidden, offset = hidden_states(base, batch, share_prefix)
     logits = base.get_output_embeddings()(hidden[batch.answer_positions[:, offset:]])
     return F.cross_entropy(logits.float(), batch.targets, reduction="sum")
 
@@ -354,122 +359,11 @@ def make_optimizer(model: torch.nn.Module, config: SFTLoraConfig | SFTFullConfig
     return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0, **fused)
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
+def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warmup to the peak over `warmup` steps, then linear decay towards 0 at `total` (no step at lr 0)."""
     if step < warmup:
         return (step + 1) / warmup
     return max(total - step, 1) / max(total - warmup, 1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-@dataclass
-class _Progress:
-    """What a checkpoint records besides tensors: where the data stream is and what the run has done so far."""
-
-    step: int = 0
-    rows_seen: int = 0
-    tokens: int = 0
-    train_seconds: float = 0.0
-    last_loss: float | None = None
-    eval_loss: float | None = None
-    eval_step: int | None = None
-    config: dict | None = None
-    best: dict | None = None  # BestWeights.state(): the best validation score so far and its step
-
-
-@contextlib.contextmanager
-def _atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory, renamed to `target` when the body succeeds and deleted when it fails."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _remove_leftovers(directory: Path) -> None:
-    """Our temporary directories left by a process that died while writing (never a complete result)."""
-    for name in ("adapter", "model", f"{CHECKPOINT_PREFIX}*"):
-        for leftover in [*directory.glob(f".{name}.tmp-*"), *directory.glob(f".{name}.old-*")]:
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    suffix = path.name.removeprefix(CHECKPOINT_PREFIX)
-    ok = path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / STATE_FILE).is_file()
-    return int(suffix) if ok else None
-
-
-def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    folder = run_dir / "checkpoints"
-    found = [(_checkpoint_step(p), p) for p in folder.iterdir()] if folder.is_dir() else []
-    return sorted((step, path) for step, path in found if step is not None)
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint directory of a run, or None."""
-    found = _checkpoints(Path(run_dir))
-    return found[-1][1] if found else None
-
-
-def _write_trainer_state(path: Path, progress: _Progress) -> None:
-    write_json_atomic(path, asdict(progress))
-
-
-def _save_checkpoint(run_dir: Path, model, optimizer, scheduler, progress: _Progress, lora: bool) -> Path:
-    target = run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{progress.step}"
-    with _atomic_directory(target) as tmp:
-        if lora:
-            model.save_pretrained(tmp / "adapter")
-        else:
-            from safetensors.torch import save_model
-
-            save_model(model, str(tmp / "model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, tmp / "rng.pt")
-        _write_trainer_state(tmp / STATE_FILE, progress)  # last: a directory with it is complete
-    for _, old in _checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def _load_checkpoint(path: Path, model, optimizer, scheduler, lora: bool, device: str) -> _Progress:
-    if lora != (path / "adapter").is_dir():
-        kind = "a LoRA" if (path / "adapter").is_dir() else "a full fine-tuning"
-        raise NbtoolkitError(f"{path} is from {kind} run; resume it with the same kind of config")
-    if lora:
-        from peft import load_peft_weights, set_peft_model_state_dict
-
-        result = set_peft_model_state_dict(model, load_peft_weights(str(path / "adapter"), device=device))
-        if result.unexpected_keys:
-            raise ModelError(f"checkpoint {path} does not match this model: unexpected {result.unexpected_keys[:3]}")
-    else:
-        from safetensors.torch import load_model as load_safetensors
-
-        load_safetensors(model, str(path / "model.safetensors"), device=device)
-    states = torch.load(path / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(states["optimizer"])
-    scheduler.load_state_dict(states["scheduler"])
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return _Progress(**json.loads((path / STATE_FILE).read_text()))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -491,23 +385,6 @@ def _evaluate(model, examples: list[ChatExample], micro_batch_size: int, pad_id:
             count += batch.n_answer_tokens
     model.train()
     return total / count
-
-
-def _export(model, tokenizer, run_dir: Path, lora: bool) -> dict[str, str | None]:
-    """adapter/ (LoRA) and model/ (merged weights + tokenizer), each written to a temp dir and renamed in."""
-    paths: dict[str, str | None] = {"adapter": None}
-    if lora:
-        with _atomic_directory(run_dir / "adapter") as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        paths["adapter"] = str(run_dir / "adapter")
-        model = model.merge_and_unload()
-    model.eval()
-    with _atomic_directory(run_dir / "model") as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    paths["model"] = str(run_dir / "model")
-    return paths
 
 
 def _describe_changes(saved: dict | None, current: dict) -> list[str]:
@@ -551,9 +428,9 @@ def run_sft(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = log or RunLog(run_dir)
-    _remove_leftovers(run_dir)
+    remove_leftovers(run_dir)
     if (run_dir / "checkpoints").is_dir():
-        _remove_leftovers(run_dir / "checkpoints")
+        remove_leftovers(run_dir / "checkpoints")
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None and not resume:
         raise NbtoolkitError(f"{run_dir} already holds checkpoints ({checkpoint.name}); pass resume=True to "
@@ -605,12 +482,12 @@ def run_sft(
     net.train()
     optimizer = make_optimizer(net, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, config.warmup_steps, config.max_steps))
+        optimizer, lambda step: lr_factor(step, config.warmup_steps, config.max_steps))
     trainable = [p for p in net.parameters() if p.requires_grad]
 
-    progress = _Progress(config=config.to_dict())
+    progress = TrainingProgress(config=config.to_dict())
     if checkpoint is not None and resume:
-        progress = _load_checkpoint(checkpoint, net, optimizer, scheduler, lora, device)
+        progress = load_checkpoint(checkpoint, net, optimizer, scheduler, lora, device)
         drop_metrics_after(run_dir, progress.step)
         changed = _describe_changes(progress.config, config.to_dict())
         if changed:
@@ -684,7 +561,7 @@ def run_sft(
                     _record_eval(net, evals, config, pad_id, device, plan, mode, progress, log)
                 if validation is not None and step >= _first_validated_step(config, validate_from):
                     stop_early = check_validation(step)
-                _save_checkpoint(run_dir, net, optimizer, scheduler, progress, lora)
+                save_checkpoint(run_dir, net, optimizer, scheduler, progress, lora)
                 saved_step = step
                 log.info(f"checkpoint {CHECKPOINT_PREFIX}{step} saved")
             if stop_early:
@@ -698,7 +575,7 @@ def run_sft(
                                     "adapter": None, "model": None}
     if status == "stopped":
         if progress.step > 0 and saved_step != progress.step:
-            _save_checkpoint(run_dir, net, optimizer, scheduler, progress, lora)
+            save_checkpoint(run_dir, net, optimizer, scheduler, progress, lora)
         log.info(f"stopped at step {progress.step}/{config.max_steps}; continue with resume=True")
     else:
         if evals and progress.eval_step != progress.step:
@@ -709,7 +586,7 @@ def run_sft(
             best.restore(net)
             log.info(f"ending on step {best.step}: its validation exact match {best.score:.3f} beats the last "
                      f"step's {best.history[str(progress.step)]:.3f}")
-        paths.update(_export(net, tokenizer, run_dir, lora))
+        paths.update(export_model(net, tokenizer, run_dir, lora))
         log.info(f"done: {progress.step} steps in {progress.train_seconds:.0f} s; model saved to {paths['model']}")
     last = latest_checkpoint(run_dir)
     paths["checkpoint"] = str(last) if last else None
@@ -781,7 +658,7 @@ def _train_step(net, optimizer, scheduler, trainable, examples: list[ChatExample
     return loss_sum / n_answer, tokens, grad_norm, lr
 
 
-def _record_eval(net, evals, config, pad_id, device, plan, mode: _LossMode, progress: _Progress,
+def _record_eval(net, evals, config, pad_id, device, plan, mode: _LossMode, progress: TrainingProgress,
                  log: RunLog) -> None:
     progress.eval_loss = _evaluate(net, evals, config.micro_batch_size, pad_id, device, plan, mode)
     progress.eval_step = progress.step
