@@ -1,15 +1,14 @@
-"""What a GRPO step could cost: the RFT job's step (TRL's GRPOTrainer) against a prototype step that runs each
-prompt once per group of replies, measured in the same run on the same model and prompts.
+"""Seconds per GRPO step: the RFT job (run_rft, nbtoolkit.training.grpo) against TRL's GRPOTrainer at its best
+CPU settings, same model, same prompts, same batch and LoRA, measured in the same run.
 
     nice -n 5 .venv/bin/python benchmarks/grpo_step.py --model runs/x/jobs/sft-.../model \
-        --prompts runs/x/data/train/rft/rft.jsonl --steps 3
+        --prompts runs/x/data/train/rft/rft.jsonl --steps 4
 
-TRL repeats every prompt once per reply (in sampling, the reference pass and the policy pass), and replies to a
-label prompt are a few tokens after a prompt of hundreds. The prototype samples a group's replies from one
-prompt pass (nbtoolkit.generation), and scores them with the prompt's keys and values computed once and repeated
-(the prefix sharing SFT's loss uses): reference log-probs with the adapters off, then the policy's, the
-on-policy GRPO loss (group-normalized advantages, k3 KL to the reference, entropy bonus) and one AdamW update of
-LoRA adapters. It is a diagnosis for a faster RFT stage, not a replacement: no checkpoints, no health checks.
+TRL repeats every prompt once per reply (in sampling, the reference pass and the policy pass); run_rft samples a
+group's replies from one prompt pass and scores them with the prompt's keys and values computed once. Both train
+on every sampled group here (dynamic sampling off: TRL has no per-step refill), with the standard profile's
+settings and a 4-prompt precheck; the first step of each is left out as warm-up. Peak RSS is each side's own
+subprocess.
 """
 
 from __future__ import annotations
@@ -17,8 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,120 +28,108 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def trl_seconds_per_step(model: str, prompts: str, labels: list[str], config) -> float:
-    """Seconds per optimizer step of the RFT job itself (run_rft, no dynamic sampling, a 4-prompt precheck)."""
-    from dataclasses import replace
+def _config(args):
+    from nbtoolkit.stages import PROFILES
+    from nbtoolkit.training.config import RFTLoraConfig
 
+    settings = {**PROFILES["standard"].rft, "max_steps": args.steps, "save_steps": args.steps, "warmup_steps": 0,
+                "global_batch_size": args.prompts_per_step * 4, "dynamic_sampling": 0}
+    return RFTLoraConfig.for_platform("local", **settings)
+
+
+def _labels(prompts: str) -> list[str]:
+    from nbtoolkit.data.formats import read_jsonl
+
+    return sorted({str(r.get("reference_answer") or r["messages"][-1]["content"]) for r in read_jsonl(prompts)})
+
+
+def run_ours(args) -> dict:
+    from nbtoolkit.runtime.events import peak_rss_mb, read_metrics
     from nbtoolkit.training.rft import run_rft
 
-    with tempfile.TemporaryDirectory(prefix="grpo-step-") as run_dir:
-        summary = run_rft(replace(config, dynamic_sampling=0), model=model, train_file=prompts, run_dir=run_dir,
-                          labels=labels, precheck_prompts=4)
-    return float(summary["seconds_per_step"])
+    with tempfile.TemporaryDirectory(prefix="grpo-ours-") as run_dir:
+        run_rft(_config(args), model=args.model, train_file=args.prompts, run_dir=run_dir, labels=_labels(args.prompts),
+                precheck_prompts=4)
+        rows = [row for row in read_metrics(run_dir) if row.get("phase") == "train"]
+    seconds = [row["seconds_per_step"] for row in rows[1:] or rows]
+    return {"seconds_per_step": sum(seconds) / len(seconds), "steps": [row["seconds_per_step"] for row in rows],
+            "peak_rss_mb": peak_rss_mb()}
 
 
-def shared_prefix_steps(model: str, prompts: str, labels: list[str], config, steps: int) -> list[dict]:
-    """Timed prototype steps of config.global_batch_size / number_generation prompts each."""
-    import torch
-    from peft import LoraConfig, get_peft_model
+def run_trl(args) -> dict:
+    """TRL 1.16 GRPOTrainer with the mapping the RFT job used before its own step (fp32 on CPUs without native
+    bf16, no activation checkpointing, dropout off, the same LoRA and batch)."""
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
 
-    from nbtoolkit.generation import _sampled_batch, encode_prompts
-    from nbtoolkit.models import answer_terminator_ids, load_model
-    from nbtoolkit.training.rft import _samples, _scores, build_reward, load_rft_records
-    from nbtoolkit.training.sft import ChatExample, _hidden_states, collate
+    from nbtoolkit.models import load_model
+    from nbtoolkit.rewards import as_trl_reward
+    from nbtoolkit.runtime.events import peak_rss_mb
+    from nbtoolkit.training.rft import _stop_ids, build_reward, load_rft_records
 
-    loaded = load_model(model)
-    tokenizer, group = loaded.tokenizer, config.number_generation
-    records = load_rft_records(prompts, tokenizer=tokenizer, max_prompt_tokens=config.max_prompt_tokens)
-    reward_fn = build_reward(config.reward, labels)
-    policy = get_peft_model(loaded.model, LoraConfig(r=config.lora_r, lora_alpha=config.alpha, lora_dropout=0.0,
+    config = _config(args)
+    loaded = load_model(args.model)
+    stop = _stop_ids(loaded.tokenizer)
+    loaded.model.generation_config.eos_token_id = stop if len(stop) > 1 else stop[0]
+    records = load_rft_records(args.prompts, tokenizer=loaded.tokenizer, max_prompt_tokens=config.max_prompt_tokens)
+    from datasets import Dataset
+
+    dataset = Dataset.from_list([{"prompt": r["messages"], "reference_answer": r["reference_answer"], "id": r["id"]}
+                                 for r in records])
+    micro = min(config.micro_batch_size, config.global_batch_size)
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.started)
+
+    with tempfile.TemporaryDirectory(prefix="grpo-trl-") as out:
+        trl_args = GRPOConfig(
+            output_dir=out, learning_rate=config.lr, max_steps=config.max_steps, warmup_steps=0,
+            per_device_train_batch_size=micro, gradient_accumulation_steps=config.global_batch_size // micro,
+            num_generations=config.number_generation, beta=config.kl_loss_coef, temperature=config.temperature,
+            top_k=config.top_k, entropy_coef=config.ent_coeff, max_completion_length=config.max_new_tokens,
+            save_strategy="no", logging_steps=1, seed=config.seed, use_cpu=True,
+            bf16=loaded.plan.autocast_dtype == "bfloat16", activation_checkpointing=False, disable_dropout=True,
+            report_to="none", dataloader_pin_memory=False, remove_unused_columns=False)
+        reward = as_trl_reward(build_reward(config.reward, _labels(args.prompts)))
+        reward.__name__ = config.reward
+        trainer = GRPOTrainer(model=loaded.model, reward_funcs=[reward], args=trl_args, train_dataset=dataset,
+                              processing_class=loaded.tokenizer, callbacks=[Timer()],
+                              peft_config=LoraConfig(r=config.lora_r, lora_alpha=config.alpha, lora_dropout=0.0,
                                                      target_modules="all-linear", task_type="CAUSAL_LM"))
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr)
-    stop = {*answer_terminator_ids(tokenizer), tokenizer.eos_token_id}
-    terminator = answer_terminator_ids(tokenizer)[0]
-    base = policy.get_base_model()
-    head = base.get_output_embeddings()
-    generator = torch.Generator().manual_seed(config.seed)
-    rng = random.Random(config.seed)
-
-    def token_logps(batch):
-        hidden, offset = _hidden_states(base, batch, True)
-        logits = head(hidden[batch.answer_positions[:, offset:]]).float()
-        logp = torch.log_softmax(logits, -1)
-        return logp.gather(-1, batch.targets[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
-
-    rows = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        chosen = rng.sample(records, config.global_batch_size // group)
-        ids = encode_prompts(tokenizer, [r["messages"] for r in chosen], None)
-        policy.eval()
-        with torch.no_grad():
-            replies = [reply for prompt in ids for reply in _sampled_batch(
-                policy, [prompt], None, 0, n=group, temperature=config.temperature, top_k=config.top_k, stop=stop,
-                max_new_tokens=config.max_new_tokens, device="cpu", pad_id=loaded.pad_token_id,
-                generator=generator)]
-        sampled = time.perf_counter()
-        policy.train()
-        tokens = sum(len(t) + stopped for t, stopped in replies)
-        rewards_all, learned = [], 0
-        for k, (record, prompt) in enumerate(zip(chosen, ids)):
-            replies_k = replies[k * group:(k + 1) * group]
-            texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t, _ in replies_k]
-            rewards = torch.tensor(_scores(reward_fn, _samples(record, texts)))
-            rewards_all += rewards.tolist()
-            learned += float(rewards.std()) > 0
-            # A group whose rewards are equal has zero advantage but still pays its KL and entropy terms, as in TRL.
-            advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
-            examples = [ChatExample(tuple(prompt + t + ([terminator] if stopped else [])), len(prompt))
-                        for t, stopped in replies_k]
-            keep = [i for i, e in enumerate(examples) if e.answer_length]
-            batch = collate([examples[i] for i in keep], loaded.pad_token_id)
-            per_token = torch.repeat_interleave(advantages[keep],
-                                                torch.tensor([examples[i].answer_length for i in keep]))
-            with torch.no_grad(), policy.disable_adapter():
-                reference, _ = token_logps(batch)
-            logp, entropy = token_logps(batch)
-            gap = reference - logp
-            loss = (-torch.exp(logp - logp.detach()) * per_token + config.kl_loss_coef * (torch.exp(gap) - gap - 1)
-                    - config.ent_coeff * entropy)
-            (loss.sum() / tokens).backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ended = time.perf_counter()
-        rows.append({"seconds": ended - started, "sampling_seconds": sampled - started,
-                     "reward_mean": statistics.fmean(rewards_all), "groups_with_reward_variance": learned,
-                     "completion_tokens": tokens})
-    return rows
+        trainer.train()
+    seconds = times[1:] or times
+    return {"seconds_per_step": sum(seconds) / len(seconds), "steps": times, "peak_rss_mb": peak_rss_mb()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="the starting model (an SFT run's model directory)")
     parser.add_argument("--prompts", required=True, help="an rft or chat JSONL file of prompts")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--prompts-per-step", type=int, default=2, help="the standard profile's: 8 replies / 4")
+    parser.add_argument("--side", choices=("ours", "trl"), help=argparse.SUPPRESS)  # one side, in a subprocess
     args = parser.parse_args(argv)
-
-    from nbtoolkit.data.formats import read_jsonl
-    from nbtoolkit.stages import PROFILES
-    from nbtoolkit.training.config import RFTLoraConfig
-
-    rft = PROFILES["standard"].rft
-    config = RFTLoraConfig.for_platform("local", **{**rft, "max_steps": args.steps, "save_steps": args.steps,
-                                                    "warmup_steps": 0,
-                                                    "global_batch_size": args.prompts_per_step * 4})
-    labels = sorted({str(r.get("reference_answer") or r["messages"][-1]["content"]) for r in read_jsonl(args.prompts)})
-    trl = trl_seconds_per_step(args.model, args.prompts, labels, config)
-    rows = shared_prefix_steps(args.model, args.prompts, labels, config, args.steps)
-    prototype = statistics.fmean(r["seconds"] for r in rows[1:] or rows)  # the first step warms up
-    result = {"completions_per_step": config.global_batch_size, "trl_seconds_per_step": trl,
-              "shared_prefix_seconds_per_step": prototype, "speedup": trl / prototype, "prototype_steps": rows}
+    if args.side:
+        print(json.dumps((run_ours if args.side == "ours" else run_trl)(args)))
+        return
+    result = {}
+    for side in ("ours", "trl"):
+        command = [sys.executable, __file__, "--model", args.model, "--prompts", args.prompts, "--steps",
+                   str(args.steps), "--prompts-per-step", str(args.prompts_per_step), "--side", side]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        result[side] = json.loads(output.strip().splitlines()[-1])
+    ours, trl = result["ours"], result["trl"]
+    result["speedup"] = trl["seconds_per_step"] / ours["seconds_per_step"]
     print(json.dumps(result, indent=2))
-    print(f"\n{config.global_batch_size} completions per step: TRL {trl:.1f} s, shared prefix {prototype:.1f} s "
-          f"({trl / prototype:.1f}x)")
+    print(f"\n{args.prompts_per_step * 4} completions per step: TRL {trl['seconds_per_step']:.1f} s "
+          f"(peak RSS {trl['peak_rss_mb']:,.0f} MB), run_rft {ours['seconds_per_step']:.1f} s "
+          f"(peak RSS {ours['peak_rss_mb']:,.0f} MB): {result['speedup']:.1f}x")
 
 
 if __name__ == "__main__":

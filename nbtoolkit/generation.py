@@ -273,7 +273,7 @@ def sample_groups(
         prefix_kv = _prefix_cache(model, prompts[0][:prefix_length], device) if prefix_length else None
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            replies = _sampled_batch(model, [prompts[i][prefix_length:] for i in batch], prefix_kv, prefix_length,
+            replies = sample_continuations(model, [prompts[i][prefix_length:] for i in batch], prefix_kv, prefix_length,
                                      n=n, temperature=temperature, top_k=top_k, stop=stop,
                                      max_new_tokens=max_new_tokens, device=device, pad_id=loaded.pad_token_id,
                                      generator=generator)
@@ -285,10 +285,12 @@ def sample_groups(
     return results
 
 
-def _sampled_batch(model, suffixes: list[list[int]], prefix_kv, prefix_length: int, *, n: int, temperature: float,
-                   top_k: int, stop: set[int], max_new_tokens: int, device, pad_id: int,
-                   generator: torch.Generator) -> list[tuple[list[int], bool]]:
-    """n sampled continuations of each row (row-major: row 0's n replies first), stopping rows at a stop token."""
+def sample_continuations(model, suffixes: list[list[int]], prefix_kv, prefix_length: int, *, n: int,
+                         temperature: float, top_k: int, stop: set[int], max_new_tokens: int, device, pad_id: int,
+                         generator: torch.Generator | None = None) -> list[tuple[list[int], bool]]:
+    """n sampled continuations of `prefix + suffix` for each suffix (row-major: row 0's n replies first): each
+    reply's new tokens before the stop token, and whether it stopped. Each row is prefilled once and its cache
+    repeated n times. generator: None samples from torch's global RNG."""
     logits, layers, attention = _prefill(model, suffixes, prefix_kv, prefix_length, device, pad_id)
     cache = DynamicCache(ddp_cache_data=layers)
     cache.batch_repeat_interleave(n)

@@ -10,7 +10,7 @@ import pytest
 from nbtoolkit.data.formats import write_jsonl
 from nbtoolkit.models import load_model, tiny_model
 from nbtoolkit.runtime.events import RunLog, read_metrics
-from nbtoolkit.training import rft
+from nbtoolkit.training import grpo, rft
 from nbtoolkit.training.config import RFTLoraConfig
 
 LABELS = ["HQ", "LQ_EDIT", "LQ_CLOSE"]
@@ -85,37 +85,110 @@ def test_frac_zero_variance_groups_counts_groups_with_equal_rewards():
         rft.frac_zero_variance_groups([1, 1, 1], 4)
 
 
-def test_grouped_reward_reports_group_stats_to_trl():
-    def trl_reward(prompts, completions, **kwargs):
-        return [1.0 if c == "yes" else -1.0 for c in completions]
-
-    logged = {}
-    reward = rft.GroupedReward(trl_reward, group_size=2, name="binary_label")
-    out = reward(["p1", "p1", "p2", "p2"], ["yes", "no", "no", "no"], reference_answer=["HQ"] * 4,
-                 log_metric=lambda name, value: logged.setdefault(name, value))
-    assert out == [1.0, -1.0, -1.0, -1.0]
-    assert logged == {"frac_zero_variance_groups": 0.5, "reward_positive_share": 0.25}
-    assert reward.__name__ == "binary_label"
+def test_batch_plan_counts_prompts_and_forward_passes():
+    plan = rft.batch_plan(_config(global_batch_size=16, micro_batch_size=4, number_generation=4))
+    assert (plan.prompts_per_step, plan.completions_per_step, plan.gradient_accumulation_steps) == (4, 16, 4)
+    # a micro batch above the group scores the group in one pass (its prompt computed once)
+    plan = rft.batch_plan(_config(global_batch_size=8, micro_batch_size=8, number_generation=4))
+    assert (plan.micro_batch_size, plan.gradient_accumulation_steps) == (4, 2)
+    plan = rft.batch_plan(_config(global_batch_size=8, micro_batch_size=2, number_generation=4))
+    assert (plan.micro_batch_size, plan.gradient_accumulation_steps) == (2, 4)
 
 
-def test_grpo_args_maps_our_names_and_batches():
-    config = _config(global_batch_size=16, micro_batch_size=4, number_generation=4, lr=3e-5, kl_loss_coef=0.05,
-                     temperature=0.8, top_k=7, ent_coeff=0.02, max_new_tokens=24, max_steps=40, save_steps=10,
-                     warmup_steps=5, logging_steps=2, seed=3)
-    args = rft.grpo_args(config, "/tmp/unused-rft-output")
-    assert (args.learning_rate, args.beta, args.temperature, args.top_k) == (3e-5, 0.05, 0.8, 7)
-    assert (args.entropy_coef, args.max_completion_length, args.num_generations) == (0.02, 24, 4)
-    assert (args.max_steps, args.save_steps, args.save_total_limit, args.logging_steps) == (40, 10, 2, 2)
-    assert (args.warmup_steps, args.seed) == (5, 3)
-    # 16 completions per optimizer step, generated at once: 4 prompts x 4 replies, in 4 passes of 4
-    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 4)
-    assert args.generation_batch_size == 16
-    assert args.generation_batch_size // args.num_generations == 4
-    assert args.use_cpu and not args.bf16 and not args.fp16
-    assert not args.gradient_checkpointing
-    assert args.report_to in ([], "none", ["none"])
-    plan = rft.batch_plan(config)
-    assert (plan.prompts_per_step, plan.completions_per_step) == (4, 16)
+def test_group_advantages_are_normalized_within_the_group():
+    advantages = grpo.group_advantages([1.0, -1.0, -1.0, -1.0])
+    assert float(advantages.sum()) == pytest.approx(0.0, abs=1e-6)
+    assert float(advantages[0]) > 0 > float(advantages[1])
+    assert float(advantages.std()) == pytest.approx(1.0, abs=1e-3)
+    assert grpo.group_advantages([1.0, 1.0, 1.0]).abs().max() == 0.0
+
+
+def test_prompt_stream_is_a_function_of_seed_and_position():
+    stream = rft.PromptStream(5, seed=3)
+    drawn = [stream.next() for _ in range(12)]
+    assert sorted(drawn[:5]) == sorted(drawn[5:10]) == list(range(5))  # each epoch is a permutation
+    resumed = rft.PromptStream(5, seed=3, position=7)
+    assert [resumed.next() for _ in range(5)] == drawn[7:] and resumed.position == 12
+
+
+def _tiny_policy():
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    loaded = tiny_model(seed=0, vocab_from=None)
+    torch.manual_seed(0)
+    policy = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                                     task_type="CAUSAL_LM", init_lora_weights=False))
+    return loaded, policy
+
+
+def _groups(loaded, prompt_length: int = 24) -> list:
+    """Two prompts sharing a long head (as a system prompt does), four replies each of different lengths."""
+    head = [(7 * i) % 90 + 5 for i in range(prompt_length)]
+    prompts = [head + [11, 12], head + [13]]
+    replies = [[[20, 21], [22], [23, 24, 25], [20]], [[30], [31, 32], [33], [34, 35]]]
+    rewards = [[1.0, -1.0, -1.0, 1.0], [-1.0, 1.0, -1.0, -1.0]]
+    return [grpo.ReplyGroup({"id": str(k)}, prompts[k], replies[k], [False] * 4, rewards[k]) for k in range(2)]
+
+
+def _gradient(policy, groups, mode, micro_batch_size: int):
+    import contextlib
+
+    policy.zero_grad(set_to_none=True)
+    stats = grpo.backward_groups(policy, groups, kl_coef=0.05, entropy_coef=0.01, pad_id=0, device="cpu",
+                                 autocast=contextlib.nullcontext, micro_batch_size=micro_batch_size, mode=mode)
+    grads = [p.grad.clone() for p in policy.parameters() if p.requires_grad]
+    return stats, grads
+
+
+def test_grpo_gradient_is_exact_with_a_shared_prompt_and_any_micro_batch():
+    from nbtoolkit.training.sft import LossMode
+
+    loaded, policy = _tiny_policy()
+    groups = _groups(loaded)
+    reference, reference_grads = _gradient(policy, groups, LossMode(False, False), 4)  # full logits, no sharing
+    for mode, micro in ((LossMode(True, True), 4), (LossMode(True, True), 1), (LossMode(True, False), 3)):
+        stats, grads = _gradient(policy, groups, mode, micro)
+        assert stats.tokens == reference.tokens == 13
+        assert stats.loss == pytest.approx(reference.loss, rel=1e-4)
+        assert stats.kl == pytest.approx(reference.kl, abs=1e-6)
+        for a, b in zip(grads, reference_grads):
+            assert float((a - b).abs().max()) <= 1e-5 + 1e-3 * float(b.abs().max())
+    assert reference.kl > 0  # adapters initialised off zero: the policy differs from the reference
+
+
+def test_grpo_step_raises_rewarded_replies_and_lowers_the_others():
+    import contextlib
+
+    import torch
+
+    from nbtoolkit.training.sft import LossMode
+
+    loaded, policy = _tiny_policy()
+    group = _groups(loaded)[0]
+    examples = group.examples()
+
+    def logps():
+        with torch.no_grad():
+            chosen, _ = grpo.token_logprobs(policy, examples, 0, "cpu", LossMode())
+        return [float(x.sum()) for x in chosen.split([e.answer_length for e in examples])]
+
+    before = logps()
+    optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        grpo.backward_groups(policy, [group], kl_coef=0.0, entropy_coef=0.0, pad_id=0, device="cpu",
+                             autocast=contextlib.nullcontext, micro_batch_size=4)
+        optimizer.step()
+    after = logps()
+    for reward, old, new in zip(group.rewards, before, after):
+        assert (new > old) if reward > 0 else (new < old), (reward, old, new)
+
+
+def test_window_means_skip_missing_values():
+    rows = [{"kl": 0.2, "loss": 1.0}, {"kl": None, "loss": 3.0}]
+    assert rft._window_means(rows) == {"kl": 0.2, "loss": 2.0}
+    assert rft._window_means([{"kl": None}]) == {"kl": None}
 
 
 def test_batch_plan_rejects_partial_groups():
@@ -246,10 +319,10 @@ def test_default_reward_by_name_and_stop_event(workspace, tmp_path):
     summary = _run(workspace, run_dir, _config(max_steps=4, save_steps=4), log=StopAfterFirstRow(run_dir, stop),
                    stop_event=stop)
 
-    # the request made while step 1 was logged is honoured at the end of step 2, with a checkpoint
-    assert summary["status"] == "stopped" and summary["steps"] == 2
-    assert (run_dir / "checkpoints" / "checkpoint-2").is_dir()  # saved on stop, not by save_steps (4)
-    assert [row["step"] for row in read_metrics(run_dir) if row.get("phase") == "train"] == [1, 2]
+    # the request made while step 1 was logged is honoured before step 2 starts, with a checkpoint
+    assert summary["status"] == "stopped" and summary["steps"] == 1
+    assert (run_dir / "checkpoints" / "step-1").is_dir()  # saved on stop, not by save_steps (4)
+    assert [row["step"] for row in read_metrics(run_dir) if row.get("phase") == "train"] == [1]
     assert (run_dir / "model" / "config.json").exists()
     assert summary["reward"] == "binary_label"
     # the tiny model never names a label: every reply earns -1
@@ -272,17 +345,37 @@ def test_resume_continues_the_step_count(workspace, tmp_path):
     stop = threading.Event()
     first = _run(workspace, run_dir, config, log=StopAfterFirstRow(run_dir, stop), reward_fn=length_parity_reward,
                  stop_event=stop)
-    assert first["steps"] == 2
+    assert first["steps"] == 1
 
     with pytest.raises(ValueError, match="resume=True"):
         _run(workspace, run_dir, config, reward_fn=length_parity_reward)
 
     second = _run(workspace, run_dir, config, reward_fn=length_parity_reward, resume=True)
     assert second["status"] == "completed" and second["steps"] == 3
-    assert second["resumed_from"] == "checkpoint-2"
+    assert second["resumed_from"] == "step-1"
     assert second["positive_share_before"] == first["positive_share_before"]
     assert second["reward_mean_first"] == first["reward_mean_first"]  # the whole run's first reward
     rows = read_metrics(run_dir)
     assert [row["step"] for row in rows if row.get("phase") == "train"] == [1, 2, 3]
     assert [row["phase"] for row in rows].count("precheck") == 1
-    assert (run_dir / "checkpoints" / "checkpoint-3").is_dir()
+    assert (run_dir / "checkpoints" / "step-3").is_dir()
+
+
+def test_stopped_and_resumed_run_trains_the_same_adapter_as_one_run(workspace, tmp_path):
+    from safetensors.torch import load_file
+
+    config = _config(max_steps=3, save_steps=3)
+    _run(workspace, tmp_path / "straight", config, reward_fn=length_parity_reward)
+    run_dir, stop = tmp_path / "resumed", threading.Event()
+    _run(workspace, run_dir, config, log=StopAfterFirstRow(run_dir, stop), reward_fn=length_parity_reward,
+         stop_event=stop)
+    _run(workspace, run_dir, config, reward_fn=length_parity_reward, resume=True)
+
+    straight = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
+    resumed = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert (straight[name] - resumed[name]).abs().max() < 1e-6, name
+    rows = {name: [r for r in read_metrics(tmp_path / name) if r.get("phase") == "train"]
+            for name in ("straight", "resumed")}
+    assert [r["reward_mean"] for r in rows["straight"]] == [r["reward_mean"] for r in rows["resumed"]]

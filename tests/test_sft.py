@@ -421,7 +421,7 @@ def test_missing_train_file_is_a_data_error(tiny_dir, tmp_path):
 def test_loss_mode_check_is_not_fooled_by_bf16_autocast():
     """On a CPU with native bf16 the fast loss must stay on: autocast rounding is not a different computation
     (the real model's bf16 loss differs from its float32 loss by more than the check's tolerance)."""
-    from nbtoolkit.training.sft import _LossMode, _exact_loss_mode, tokenize_chat
+    from nbtoolkit.training.sft import LossMode, exact_loss_mode, tokenize_chat
 
     loaded = load_model(dtype="float32")
     system = {"role": "system", "content": "Classify the question as HQ, LQ_EDIT or LQ_CLOSE. " * 3}
@@ -430,8 +430,8 @@ def test_loss_mode_check_is_not_fooled_by_bf16_autocast():
                               max_prompt_tokens=None)
                 for i in range(2)]
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as the trainer runs on such a CPU
-        mode = _exact_loss_mode(loaded.model, examples, loaded.pad_token_id, "cpu")
-    assert mode == _LossMode(True, True)
+        mode = exact_loss_mode(loaded.model, examples, loaded.pad_token_id, "cpu")
+    assert mode == LossMode(True, True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,21 +1,22 @@
-"""Reinforcement fine-tuning (GRPO with LoRA) of a local model, through TRL's GRPOTrainer.
+"""Reinforcement fine-tuning (GRPO with LoRA) of a local model.
 
 `run_rft` starts from a full model directory (usually an SFT run's `model/`), first measures whether the starting
 model earns any reward (under ~5% positive means "do SFT first", docs/hyperparameters.md), then trains LoRA adapters
-with GRPO. It writes metrics.jsonl rows and the warning signs of a failing run (reward collapse, KL blow-up, replies
-hitting max_new_tokens) through RunLog, checkpoints for resume, and ends with `adapter/` and a merged `model/`.
+with GRPO (the step is nbtoolkit.training.grpo). It writes metrics.jsonl rows and the warning signs of a failing run
+(reward collapse, KL blow-up, replies hitting max_new_tokens) through RunLog, checkpoints for resume
+(nbtoolkit.training.checkpoints), and ends with `adapter/` and a merged `model/`.
 
-How our hyperparameters map onto TRL 1.16 (see `grpo_args`):
-- Batching. A GRPO batch counts completions, not prompts. per_device_train_batch_size = micro_batch_size,
-  gradient_accumulation_steps = global_batch_size / micro_batch_size, and TRL's default generation batch (one
-  generation round per optimizer step) is then global_batch_size completions, i.e. global_batch_size /
-  number_generation prompts each sampled number_generation times.
-- ent_coeff -> entropy_coef. TRL 1.16 has an entropy bonus built in (the loss minus entropy_coef x the mean
-  per-token entropy of the completions), so no subclass is needed.
-- kl_loss_coef -> beta. With LoRA the KL reference is the starting model itself (the adapters disabled).
-- max_prompt_tokens. TRL 1.16 does not truncate prompts; the user turn is cut before templating instead.
-- max_new_tokens -> max_completion_length; generation stops at the chat template's answer terminator, which TRL
-  reads from model.generation_config.eos_token_id.
+How the hyperparameters act:
+- Batching. A step trains global_batch_size completions: global_batch_size / number_generation prompts, each
+  sampled number_generation times, scored in forward passes of at most micro_batch_size replies of one prompt.
+- Dynamic sampling (dynamic_sampling > 0). Before training, replies to up to dynamic_sampling prompts are sampled
+  and the prompts whose replies all earn the same reward are set aside. During training, a step keeps drawing
+  prompts (up to SAMPLING_ROUNDS rounds of a step's prompts) until it has enough groups whose rewards differ, and
+  trains on those only (DAPO's dynamic sampling): a flat group has zero advantage and would only add KL and entropy
+  terms. With dynamic_sampling 0 every drawn group is trained on.
+- kl_loss_coef: weight of the k3 KL estimate to the starting model (the adapters switched off); 0 skips that pass.
+- ent_coeff: the loss minus ent_coeff x the mean entropy of the reply tokens.
+- max_prompt_tokens cuts user turns before templating; sampling stops at the chat template's answer terminator.
 """
 
 from __future__ import annotations
@@ -24,25 +25,39 @@ import json
 import math
 import os
 import random
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from nbtoolkit.data.formats import read_jsonl
-from nbtoolkit.generation import encode_prompts, generate_replies, sample_groups, truncate_user_turns
+from nbtoolkit.generation import (
+    encode_prompts,
+    generate_replies,
+    sample_continuations,
+    sample_groups,
+    truncate_user_turns,
+)
 from nbtoolkit.models import LoadedModel, answer_terminator, answer_terminator_ids, load_model
 from nbtoolkit.models.threads import CoreShare
-from nbtoolkit.rewards import as_trl_reward, get_reward, positive_reward_share
-from nbtoolkit.runtime.events import RunLog, drop_metrics_after, read_metrics, write_json_atomic
+from nbtoolkit.rewards import get_reward, positive_reward_share
+from nbtoolkit.runtime.events import METRICS_FILE, RunLog, drop_metrics_after, read_metrics, write_json_atomic
+from nbtoolkit.training.checkpoints import (
+    TrainingProgress,
+    export_model,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_leftovers,
+    save_checkpoint,
+)
 from nbtoolkit.training.config import RFTLoraConfig
+from nbtoolkit.training.grpo import ReplyGroup, backward_groups, sampled_stats
+from nbtoolkit.training.sft import MAX_GRAD_NORM, ChatExample, exact_loss_mode, lr_factor, make_optimizer
 
 CHECKPOINTS_DIR = "checkpoints"
-ADAPTER_DIR = "adapter"
-MODEL_DIR = "model"
 PRECHECK_FILE = "precheck.json"
 
 # Before training: prompts sampled from the training file, number_generation replies each.
@@ -51,6 +66,9 @@ POSITIVE_SHARE_LOW = 0.05   # below: the model almost never earns reward; GRPO h
 POSITIVE_SHARE_HIGH = 0.95  # above: nearly every reply already earns reward; GRPO has no signal
 # Held-out reward before and after training (greedy), on the first prompts of eval_file.
 EVAL_PROMPTS = 32
+
+# During training: rounds of prompts a step may sample to find groups whose rewards differ.
+SAMPLING_ROUNDS = 4
 
 # Warning signs during training (TrainingHealth).
 COLLAPSE_WINDOW = 3         # logged rows averaged at the start and at the end
@@ -72,7 +90,7 @@ def load_rft_records(path: str | os.PathLike, *, tokenizer=None, max_prompt_toke
 
     "rft" records hold system + user messages and `reference_answer`; "chat" records end with the assistant's
     answer, which becomes the reference. With a tokenizer, user turns are cut to max_prompt_tokens tokens.
-    A missing id becomes "row-<line>"; a non-string reference is JSON-encoded (TRL columns need one type).
+    A missing id becomes "row-<line>"; a non-string reference is JSON-encoded (rewards compare strings).
     """
     records = []
     for number, record in enumerate(read_jsonl(path), start=1):
@@ -112,10 +130,20 @@ def _samples(record: dict, replies: Sequence[str]) -> list[dict]:
              "reference_answer": record["reference_answer"]} for k, reply in enumerate(replies)]
 
 
+
+def _scored(reward_fn: RewardFn, samples: list[dict]) -> tuple[list[float], list[dict[str, float]]]:
+    """aggregate_reward_score and the "Metric" entries of metrics_list per sample, matched by id (the contract does
+    not promise the order)."""
+    by_id = {out["id"]: out for out in reward_fn(samples)}
+    outputs = [by_id[s["id"]] for s in samples]
+    metrics = [{m["name"]: float(m["value"]) for m in out.get("metrics_list") or [] if m.get("type") == "Metric"}
+               for out in outputs]
+    return [float(out["aggregate_reward_score"]) for out in outputs], metrics
+
+
 def _scores(reward_fn: RewardFn, samples: list[dict]) -> list[float]:
-    """aggregate_reward_score per sample, matched by id (the contract does not promise the order)."""
-    by_id = {out["id"]: float(out["aggregate_reward_score"]) for out in reward_fn(samples)}
-    return [by_id[s["id"]] for s in samples]
+    """aggregate_reward_score per sample, matched by id."""
+    return _scored(reward_fn, samples)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,35 +174,8 @@ def frac_zero_variance_groups(rewards: Sequence[float | None], group_size: int, 
     return flat / len(groups)
 
 
-class GroupedReward:
-    """A TRL reward function that also reports, for each generation batch, frac_zero_variance_groups and
-    reward_positive_share to TRL's logged metrics (through the `log_metric` argument TRL passes).
-
-    TRL's sampler puts the num_generations replies of a prompt next to each other, so groups are consecutive.
-    """
-
-    def __init__(self, trl_reward: Callable[..., list[float]], group_size: int, name: str = "reward") -> None:
-        self.trl_reward = trl_reward
-        self.group_size = group_size
-        self.__name__ = name  # TRL names the per-function metrics rewards/<name>/mean after it
-        self.last: dict[str, float] = {}
-
-    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float | None]:
-        rewards = [None if r is None else float(r) for r in self.trl_reward(prompts, completions, **kwargs)]
-        valid = [r for r in rewards if r is not None and not math.isnan(r)]
-        self.last = {
-            "frac_zero_variance_groups": frac_zero_variance_groups(rewards, self.group_size),
-            "reward_positive_share": sum(r > 0 for r in valid) / len(valid) if valid else float("nan"),
-        }
-        log_metric = kwargs.get("log_metric")
-        if log_metric is not None:
-            for name, value in self.last.items():
-                log_metric(name, value)
-        return rewards
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# Batching and the TRL config
+# Batching
 
 
 @dataclass(frozen=True)
@@ -189,56 +190,16 @@ class BatchPlan:
 
 
 def batch_plan(config: RFTLoraConfig) -> BatchPlan:
-    """global_batch_size completions per step = global_batch_size / number_generation prompts, in forward passes
-    of micro_batch_size completions (gradient accumulation makes up the rest)."""
+    """global_batch_size completions per step = global_batch_size / number_generation prompts; a forward pass
+    scores at most micro_batch_size replies of one prompt (its prompt computed once), so a micro batch above the
+    group size is the group."""
     total, group = config.global_batch_size, config.number_generation
-    micro = min(config.micro_batch_size, total)
     if total % group:
         raise ValueError(f"global_batch_size ({total}) must be a multiple of number_generation ({group}): "
                          "each step scores whole groups of replies to a prompt")
-    if total % micro:
-        raise ValueError(f"global_batch_size ({total}) must be a multiple of micro_batch_size ({micro})")
-    return BatchPlan(total, total // group, group, micro, total // micro)
-
-
-def grpo_args(config: RFTLoraConfig, output_dir: str | os.PathLike, *, device: str = "cpu", bf16: bool = False):
-    """TRL GRPOConfig for `config`: our names mapped to TRL's, checkpoints in output_dir, nothing reported online.
-
-    bf16 (mixed precision) only when the device plan asks for it; on CPUs without native bf16 it is float32.
-    """
-    from trl import GRPOConfig
-
-    plan = batch_plan(config)
-    return GRPOConfig(
-        output_dir=str(output_dir),
-        learning_rate=config.lr,
-        warmup_steps=config.warmup_steps,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=plan.micro_batch_size,
-        gradient_accumulation_steps=plan.gradient_accumulation_steps,
-        num_generations=config.number_generation,
-        beta=config.kl_loss_coef,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        entropy_coef=config.ent_coeff,
-        max_completion_length=config.max_new_tokens,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        logging_strategy="steps",
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        use_cpu=device.split(":")[0] == "cpu",
-        bf16=bf16,
-        fp16=False,
-        activation_checkpointing=False,  # TRL turns it on by default; a small model fits, and it costs ~20% time
-        disable_dropout=True,  # policy and reference log-probs must agree on identical inputs
-        report_to="none",
-        dataloader_pin_memory=False,
-        remove_unused_columns=False,  # the reward needs reference_answer and id
-        disable_tqdm=bool(os.environ.get("TRAINING_JOB_NAME")),  # in a training container, log lines only
-    )
+    micro = min(config.micro_batch_size, group)
+    prompts = total // group
+    return BatchPlan(total, prompts, group, micro, prompts * math.ceil(group / micro))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -336,45 +297,7 @@ def held_out_reward(loaded: LoadedModel, records: Sequence[dict], reward_fn: Rew
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# During training: metrics rows and warning signs
-
-
-# TRL log key -> metrics.jsonl column
-_LOG_COLUMNS = {
-    "loss": "loss",
-    "learning_rate": "lr",
-    "grad_norm": "grad_norm",
-    "reward": "reward_mean",
-    "reward_std": "reward_std",
-    "reward_positive_share": "reward_positive_share",
-    "frac_zero_variance_groups": "frac_zero_variance_groups",
-    "kl": "kl",
-    "entropy": "entropy",
-    "completions/mean_length": "completion_length",
-    "completions/clipped_ratio": "clipped_ratio",
-    "policy_loss": "policy_loss",
-}
-
-
-def metrics_row(logs: dict, step: int, seconds_per_step: float | None = None, *, reward_prefix: str | None = None
-                ) -> dict:
-    """One metrics.jsonl row from a TRL `logs` dict.
-
-    reward_prefix: the reward function's name; the "Metric" entries its metrics_list reports (as_trl_reward logs
-    them as "<name>/<metric>", e.g. label_correct) become "reward/<metric>" columns.
-    """
-    row: dict[str, Any] = {"step": step, "phase": "train"}
-    for key, column in _LOG_COLUMNS.items():
-        if logs.get(key) is not None:
-            row[column] = float(logs[key])
-    if reward_prefix:
-        for key, value in logs.items():
-            if key.startswith(f"{reward_prefix}/") and value is not None:
-                row[f"reward/{key[len(reward_prefix) + 1:]}"] = float(value)
-    if "frac_zero_variance_groups" not in row and logs.get("frac_reward_zero_std") is not None:
-        row["frac_zero_variance_groups"] = float(logs["frac_reward_zero_std"])
-    row["seconds_per_step"] = None if seconds_per_step is None else round(seconds_per_step, 3)
-    return row
+# During training: warning signs
 
 
 class TrainingHealth:
@@ -428,90 +351,6 @@ class TrainingHealth:
         return list(new.values())
 
 
-def _monitor_callback(log: RunLog, health: TrainingHealth, stop_event=None, reward_prefix: str | None = None):
-    from transformers import TrainerCallback
-
-    class RFTMonitor(TrainerCallback):
-        """metrics.jsonl rows and warnings on every log, progress.json and the stop request on every step."""
-
-        def __init__(self) -> None:
-            self.rows: list[dict] = []
-            self.warnings: list[str] = []
-            self.stopped = False
-            self.first_step = 0
-            self.share = CoreShare.for_this_process()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.share.restore()
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.first_step = state.global_step
-            self._mark = (time.perf_counter(), state.global_step)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.share.update()
-            log.progress(state.global_step, state.max_steps)
-            if stop_event is not None and stop_event.is_set() and not self.stopped:
-                self.stopped = True
-                log.info(f"stop requested: saving a checkpoint at step {state.global_step} and stopping")
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "train_runtime" in logs or any(key.startswith("eval_") for key in logs):
-                return
-            now, step = time.perf_counter(), state.global_step
-            seconds = (now - self._mark[0]) / (step - self._mark[1]) if step > self._mark[1] else None
-            self._mark = (now, step)
-            row = metrics_row(logs, step, seconds, reward_prefix=reward_prefix)
-            log.metric(**row)
-            self.rows.append(row)
-            for message in health.update(row):
-                log.warning(message)
-                self.warnings.append(message)
-
-    return RFTMonitor()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Files
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest checkpoint-<step> directory under run_dir/checkpoints, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = Path(run_dir) / CHECKPOINTS_DIR
-    if not folder.is_dir():
-        return None
-    last = get_last_checkpoint(str(folder))
-    return Path(last) if last else None
-
-
-def _write_dir_atomic(target: Path, write: Callable[[Path], Any]) -> Path:
-    """write(temp_dir), then swap it into place, so a reader never sees a half-written directory."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def _save_pretrained(obj, tokenizer) -> Callable[[Path], None]:
-    def write(directory: Path) -> None:
-        obj.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
-    return write
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -540,8 +379,8 @@ def run_rft(
     JSON-ready summary; the merged model lands in run_dir/model (load it with load_model), the adapter in
     run_dir/adapter. precheck_prompts: how many training prompts the positive-share precheck samples.
     """
-    from peft import LoraConfig
-    from trl import GRPOTrainer
+    import torch
+    from peft import LoraConfig, get_peft_model
 
     run_started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -554,27 +393,26 @@ def run_rft(
         warnings.append(message)
 
     plan = batch_plan(config)
+    remove_leftovers(run_dir)
+    if (run_dir / CHECKPOINTS_DIR).is_dir():
+        remove_leftovers(run_dir / CHECKPOINTS_DIR)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None and not resume:
         raise ValueError(f"{run_dir / CHECKPOINTS_DIR} already holds checkpoints ({checkpoint.name}) of an earlier "
                          "run: pass resume=True to continue it, or choose a new run directory")
     if resume and checkpoint is None:
         warn(f"resume=True but {run_dir / CHECKPOINTS_DIR} holds no checkpoint: starting at step 0")
-    if resume and checkpoint is not None:
-        drop_metrics_after(run_dir, int(checkpoint.name.rsplit("-", 1)[-1]))
     if config.reasoning_effort is not None:
         warn(f"reasoning_effort={config.reasoning_effort!r} applies to Nova models only; ignored here")
     reward_name = getattr(reward_fn, "__name__", "custom") if reward_fn is not None else config.reward
     reward_fn = reward_fn or build_reward(config.reward, labels)
 
     loaded = load_model(model)
-    tokenizer = loaded.tokenizer
+    tokenizer, device = loaded.tokenizer, loaded.plan.device
     if len(answer_terminator_ids(tokenizer)) != 1:
         warn(f"the answer terminator {answer_terminator(tokenizer)!r} is several tokens; generation can only stop "
              "at single tokens, so it stops at the tokenizer's eos token instead")
-    # TRL stops sampling at every id of model.generation_config.eos_token_id (plus the tokenizer's eos).
     stop = _stop_ids(tokenizer)
-    loaded.model.generation_config.eos_token_id = stop if len(stop) > 1 else stop[0]
 
     records = load_rft_records(train_file, tokenizer=tokenizer, max_prompt_tokens=config.max_prompt_tokens)
     if len(records) < plan.prompts_per_step:
@@ -588,9 +426,9 @@ def run_rft(
              f"{max(prompt_tokens)}); lower max_prompt_tokens if memory or time is short")
     log.info(f"RFT (GRPO + LoRA r={config.lora_r}, alpha={config.alpha}) from {loaded.spec.name} on "
              f"{len(records)} prompts: {plan.prompts_per_step} prompts x {plan.generations_per_prompt} replies = "
-             f"{plan.completions_per_step} completions per step, forward passes of {plan.micro_batch_size} "
-             f"({plan.gradient_accumulation_steps} accumulated), {config.max_steps} steps; reward {reward_name}; "
-             f"device {loaded.plan.device} {loaded.plan.weights_dtype} ({loaded.plan.reason})")
+             f"{plan.completions_per_step} completions per step, {plan.gradient_accumulation_steps} forward passes "
+             f"of up to {plan.micro_batch_size} replies, {config.max_steps} steps; reward {reward_name}; "
+             f"device {device} {loaded.plan.weights_dtype} ({loaded.plan.reason})")
 
     eval_records = None
     if eval_file is not None:
@@ -622,10 +460,8 @@ def run_rft(
 
     if stop_event is not None and stop_event.is_set():
         log.info("stop requested before training: nothing trained, no model written")
-        return _summary(config, "stopped", 0, plan, reward_name, precheck, before, None, warnings, run_dir,
-                        log, loaded, run_started, checkpoint if resume else None, precheck_read=precheck_read)
-
-    from datasets import Dataset
+        return _summary(config, "stopped", TrainingProgress(), plan, reward_name, precheck, before, None, warnings,
+                        run_dir, log, loaded, run_started, None, precheck_read=precheck_read)
 
     if config.dynamic_sampling:
         learnable = learnable_prompts(loaded, records, reward_fn, config, log=log)
@@ -634,57 +470,178 @@ def run_rft(
         else:
             warn(f"dynamic sampling kept {len(learnable)} prompts, fewer than one step needs "
                  f"({plan.prompts_per_step}): training on every prompt")
-    dataset = Dataset.from_list([{"prompt": r["messages"], "reference_answer": r["reference_answer"],
-                                  "id": r["id"]} for r in records])
-    reward = GroupedReward(as_trl_reward(reward_fn), config.number_generation, name=reward_name)
-    health = TrainingHealth()
-    monitor = _monitor_callback(log, health, stop_event, reward_prefix=getattr(reward_fn, "__name__", None))
-    args = grpo_args(config, run_dir / CHECKPOINTS_DIR, device=loaded.plan.device,
-                     bf16=loaded.plan.autocast_dtype == "bfloat16")
-    peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.alpha, lora_dropout=0.0,
-                             target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = GRPOTrainer(model=loaded.model, reward_funcs=[reward], args=args, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[monitor])
-    if checkpoint is not None and resume:
-        log.info(f"resuming from {checkpoint.name}")
-    train_started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if resume and checkpoint is not None else None)
-    train_seconds = time.perf_counter() - train_started
-    warnings.extend(monitor.warnings)
-    steps = trainer.state.global_step
-    steps_here = steps - monitor.first_step
-    status = "stopped" if monitor.stopped and steps < config.max_steps else "completed"
+    prompts = encode_prompts(tokenizer, [r["messages"] for r in records], None)
 
-    policy = trainer.accelerator.unwrap_model(trainer.model)
-    adapter_dir = _write_dir_atomic(run_dir / ADAPTER_DIR, _save_pretrained(policy, tokenizer))
-    merged = policy.merge_and_unload()
-    merged.config.use_cache = True
-    merged.eval()
-    model_dir = _write_dir_atomic(run_dir / MODEL_DIR, _save_pretrained(merged, tokenizer))
-    log.info(f"RFT {status} at step {steps}: adapter in {adapter_dir}, merged model in {model_dir}")
+    torch.manual_seed(config.seed)  # LoRA initialisation, then the replies sampled during training
+    policy = get_peft_model(loaded.model, LoraConfig(r=config.lora_r, lora_alpha=config.alpha, lora_dropout=0.0,
+                                                     target_modules="all-linear", task_type="CAUSAL_LM"))
+    optimizer = make_optimizer(policy, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.warmup_steps, config.max_steps))
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    mode = exact_loss_mode(policy, [ChatExample(tuple(p + [stop[0]]), len(p)) for p in prompts[:2]],
+                           loaded.pad_token_id, device)
+    progress = TrainingProgress(config=config.to_dict())
+    if checkpoint is not None and resume:
+        progress = load_checkpoint(checkpoint, policy, optimizer, scheduler, True, device)
+        drop_metrics_after(run_dir, progress.step)
+        log.info(f"resuming from {checkpoint.name}")
+    first_step = progress.step
+    stream = PromptStream(len(records), config.seed)
+
+    def draw_groups() -> tuple[list[ReplyGroup], list[ReplyGroup]]:
+        """(groups sampled, groups to train on) for one step."""
+        sampled, keep = [], []
+        rounds = SAMPLING_ROUNDS if config.dynamic_sampling else 1
+        for _ in range(rounds):
+            chosen = [stream.next() for _ in range(plan.prompts_per_step)]
+            progress.rows_seen = stream.position
+            groups = sample_reply_groups(policy, tokenizer, [records[i] for i in chosen],
+                                         [prompts[i] for i in chosen], reward_fn, config, stop=stop,
+                                         pad_id=loaded.pad_token_id, device=device, autocast=loaded.plan.autocast)
+            sampled += groups
+            keep += [g for g in groups if g.learnable or not config.dynamic_sampling]
+            if len(keep) >= plan.prompts_per_step:
+                break
+        return sampled, keep[:plan.prompts_per_step]
+
+    stream.position = progress.rows_seen
+    health = TrainingHealth()
+    share = CoreShare.for_this_process()
+    share.enabled = share.enabled and loaded.plan.device_type == "cpu"
+    window: list[dict] = []
+    status, saved_step = "completed", progress.step if checkpoint is not None and resume else None
+    while progress.step < config.max_steps:
+        share.update()
+        if stop_event is not None and stop_event.is_set():
+            status = "stopped"
+            break
+        started = time.perf_counter()
+        sampled, trained = draw_groups()
+        sampling_seconds = time.perf_counter() - started
+        policy.train()
+        stats = backward_groups(policy, trained, kl_coef=config.kl_loss_coef, entropy_coef=config.ent_coeff,
+                                pad_id=loaded.pad_token_id, device=device, autocast=loaded.plan.autocast,
+                                micro_batch_size=plan.micro_batch_size, mode=mode)
+        lr = optimizer.param_groups[0]["lr"]
+        # A step without a learnable group has no gradients; the optimizer then skips every parameter.
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)) if stats.tokens else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - started
+        progress.step += 1
+        progress.tokens += stats.tokens
+        progress.train_seconds += seconds
+        progress.last_loss = stats.means()["loss"]
+        window.append({**stats.means(), **sampled_stats(sampled), "lr": lr, "grad_norm": grad_norm,
+                       "sampled_groups": len(sampled), "trained_groups": len(trained),
+                       "sampling_seconds": sampling_seconds, "seconds_per_step": seconds})
+        step = progress.step
+        if step % config.logging_steps == 0 or step == config.max_steps:
+            row = {"step": step, "phase": "train", **_window_means(window), "threads": share.threads}
+            window = []
+            log.metric(**row)
+            log.info(f"step {step}/{config.max_steps}  reward {row['reward_mean']:.3f}  groups with differing "
+                     f"rewards {1 - row['frac_zero_variance_groups']:.0%} of {row['sampled_groups']:.0f} sampled, "
+                     f"{row['trained_groups']:.0f} trained  kl {_fmt(row.get('kl'))}  "
+                     f"{row['seconds_per_step']:.1f} s/step")
+            for message in health.update(row):
+                warn(message)
+        log.progress(step, config.max_steps)
+        if step % config.save_steps == 0 and step < config.max_steps:
+            save_checkpoint(run_dir, policy, optimizer, scheduler, progress, True)
+            saved_step = step
+    share.restore()
+    steps_here = progress.step - first_step
+
+    if status == "stopped":
+        if progress.step > 0 and saved_step != progress.step:
+            save_checkpoint(run_dir, policy, optimizer, scheduler, progress, True)
+        log.info(f"stop requested at step {progress.step}: checkpoint saved; continue with resume=True")
+        if progress.step == 0:
+            return _summary(config, status, progress, plan, reward_name, precheck, before, None, warnings, run_dir,
+                            log, loaded, run_started, None, precheck_read=precheck_read)
+    else:
+        save_checkpoint(run_dir, policy, optimizer, scheduler, progress, True)
+    paths = export_model(policy, tokenizer, run_dir, True)
+    model_dir, adapter_dir = Path(paths["model"]), Path(paths["adapter"])
+    log.info(f"RFT {status} at step {progress.step}: adapter in {adapter_dir}, merged model in {model_dir}")
 
     after_eval = None
     if eval_records is not None:
-        after = LoadedModel(merged, tokenizer, loaded.spec, loaded.plan, model_dir)
-        after_eval = held_out_reward(after, eval_records, reward_fn, max_new_tokens=config.max_new_tokens)
+        after_eval = held_out_reward(load_model(model_dir), eval_records, reward_fn,
+                                     max_new_tokens=config.max_new_tokens)
         log.info(f"held-out reward on {after_eval['prompts']} eval prompts: "
                  f"{before.get('eval', {}).get('reward_mean', float('nan')):.3f} before, "
                  f"{after_eval['reward_mean']:.3f} after")
-        log.metric(step=steps, phase="eval", eval_reward_mean=after_eval["reward_mean"],
+        log.metric(step=progress.step, phase="eval", eval_reward_mean=after_eval["reward_mean"],
                    eval_positive_share=after_eval["positive_share"])
-    log.progress(steps, config.max_steps)
+    log.progress(progress.step, config.max_steps)
 
-    summary = _summary(config, status, steps, plan, reward_name, precheck, before, after_eval, warnings, run_dir,
+    summary = _summary(config, status, progress, plan, reward_name, precheck, before, after_eval, warnings, run_dir,
                        log, loaded, run_started, checkpoint if resume else None, precheck_read=precheck_read,
-                       model_dir=model_dir,
-                       adapter_dir=adapter_dir)
-    summary["train_seconds"] = round(train_seconds, 2)
-    summary["seconds_per_step"] = round(train_seconds / steps_here, 3) if steps_here else None
+                       model_dir=model_dir, adapter_dir=adapter_dir)
+    summary["seconds_per_step"] = round(progress.train_seconds / progress.step, 3) if steps_here else None
     return summary
 
 
-def _summary(config: RFTLoraConfig, status: str, steps: int, plan: BatchPlan, reward_name: str, precheck: dict,
-             before: dict, after_eval: dict | None, warnings: list[str], run_dir: Path, log: RunLog,
+class PromptStream:
+    """Training prompts as an endless stream of per-epoch permutations, a function of (seed, position) only: a
+    resumed run draws the same prompts."""
+
+    def __init__(self, rows: int, seed: int, position: int = 0) -> None:
+        self.rows, self.seed, self.position = rows, seed, position
+        self._epoch: tuple[int, np.ndarray] | None = None
+
+    def next(self) -> int:
+        epoch, offset = divmod(self.position, self.rows)
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.rows))
+        self.position += 1
+        return int(self._epoch[1][offset])
+
+
+def sample_reply_groups(policy, tokenizer, records: Sequence[dict], prompts: Sequence[list[int]],
+                        reward_fn: RewardFn, config: RFTLoraConfig, *, stop: Sequence[int], pad_id: int, device,
+                        autocast: Callable) -> list[ReplyGroup]:
+    """number_generation sampled replies to each prompt, scored by reward_fn. Sampling draws from torch's global
+    RNG, which checkpoints save and restore. A reply that stopped keeps the answer terminator (stop[0]) as its last
+    token, so training also teaches where to stop."""
+    import torch
+
+    policy.eval()
+    with torch.no_grad(), autocast():
+        replies = sample_continuations(policy, [list(p) for p in prompts], None, 0, n=config.number_generation,
+                                       temperature=config.temperature, top_k=config.top_k, stop=set(stop),
+                                       max_new_tokens=config.max_new_tokens, device=device, pad_id=pad_id)
+    n, groups = config.number_generation, []
+    for k, (record, prompt) in enumerate(zip(records, prompts)):
+        own = replies[k * n:(k + 1) * n]
+        texts = [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens, _ in own]
+        rewards, metrics = _scored(reward_fn, _samples(record, texts))
+        groups.append(ReplyGroup(record, list(prompt), [tokens + [stop[0]] if stopped else tokens
+                                                        for tokens, stopped in own],
+                                 [not stopped for _, stopped in own], rewards, metrics))
+    return groups
+
+
+def _window_means(rows: list[dict]) -> dict[str, float | None]:
+    """Each key's mean over the rows where it has a value (None when it has none)."""
+    keys = dict.fromkeys(key for row in rows for key in row)
+    means = {}
+    for key in keys:
+        values = [row[key] for row in rows if row.get(key) is not None]
+        means[key] = statistics.fmean(values) if values else None
+    return means
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _summary(config: RFTLoraConfig, status: str, progress: TrainingProgress, plan: BatchPlan, reward_name: str,
+             precheck: dict, before: dict, after_eval: dict | None, warnings: list[str], run_dir: Path, log: RunLog,
              loaded: LoadedModel, run_started: float, checkpoint: Path | None, *, precheck_read: bool = False,
              model_dir: Path | None = None, adapter_dir: Path | None = None) -> dict:
     """The JSON-ready result of run_rft; reward and kl come from every train row of metrics.jsonl, so a resumed
@@ -700,8 +657,10 @@ def _summary(config: RFTLoraConfig, status: str, steps: int, plan: BatchPlan, re
     return {
         "method": config.METHOD,
         "status": status,
-        "steps": steps,
+        "steps": progress.step,
         "max_steps": config.max_steps,
+        "prompts_drawn": progress.rows_seen,
+        "trained_tokens": progress.tokens,
         "resumed_from": checkpoint.name if checkpoint is not None else None,
         "reward": reward_name,
         "reward_mean_first": rewards[0] if rewards else None,
@@ -712,17 +671,17 @@ def _summary(config: RFTLoraConfig, status: str, steps: int, plan: BatchPlan, re
         "eval_reward_before": before.get("eval"),
         "eval_reward_after": after_eval,
         "batch": asdict(plan),
-        "entropy_bonus": {"ent_coeff": config.ent_coeff, "applied_as": "trl GRPOConfig.entropy_coef"},
+        "entropy_bonus": {"ent_coeff": config.ent_coeff, "applied_as": "loss - ent_coeff x mean reply-token entropy"},
         # Replies sampled before training (the precheck and dynamic sampling), timed apart from the GRPO steps.
         "sampled_prompts": precheck_run["prompts"] + (sampling[-1]["prompts_sampled"] if sampling else 0),
         "sampling_seconds": round(precheck_run["seconds"] + (sampling[-1].get("seconds", 0.0) if sampling else 0.0),
                                   2),
-        "train_seconds": 0.0,
+        "train_seconds": round(progress.train_seconds, 2),
         "seconds_per_step": None,
         "total_seconds": round(time.perf_counter() - run_started, 2),
         "device": loaded.plan.to_dict(),
         "paths": {"run_dir": str(run_dir), "model": None if model_dir is None else str(model_dir),
                   "adapter": None if adapter_dir is None else str(adapter_dir),
-                  "checkpoints": str(run_dir / CHECKPOINTS_DIR), "metrics": str(log.run_dir / "metrics.jsonl")},
+                  "checkpoints": str(run_dir / CHECKPOINTS_DIR), "metrics": str(log.run_dir / METRICS_FILE)},
         "warnings": warnings,
     }

@@ -250,13 +250,13 @@ def answer_token_loss(
 
 
 @dataclass(frozen=True)
-class _LossMode:
+class LossMode:
     head_only: bool = True
     share_prefix: bool = True
 
 
-def _exact_loss_mode(model: torch.nn.Module, examples: Sequence[ChatExample], pad_id: int, device: str
-                     ) -> _LossMode:
+def exact_loss_mode(model: torch.nn.Module, examples: Sequence[ChatExample], pad_id: int, device: str
+                     ) -> LossMode:
     """The fastest loss computation that matches the model's own loss on a small batch. Models that scale or
     soft-cap logits after the LM head, or whose cache cannot be shared, fall back to slower exact modes."""
     batch = collate(examples, pad_id).to(device)
@@ -264,7 +264,7 @@ def _exact_loss_mode(model: torch.nn.Module, examples: Sequence[ChatExample], pa
     with torch.no_grad(), torch.autocast(batch.input_ids.device.type, enabled=False):
         reference = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels,
                           use_cache=False).loss.item()
-        for mode in (_LossMode(True, True), _LossMode(True, False)):
+        for mode in (LossMode(True, True), LossMode(True, False)):
             try:
                 value = answer_token_loss(model, batch, head_only=mode.head_only,
                                           share_prefix=mode.share_prefix).item() / batch.n_answer_tokens
@@ -272,7 +272,7 @@ def _exact_loss_mode(model: torch.nn.Module, examples: Sequence[ChatExample], pa
                 continue
             if math.isclose(value, reference, rel_tol=1e-4, abs_tol=1e-5):
                 return mode
-    return _LossMode(False, False)
+    return LossMode(False, False)
 
 
 class BatchOrder:
@@ -371,7 +371,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def _evaluate(model, examples: list[ChatExample], micro_batch_size: int, pad_id: int, device: str, plan,
-              mode: _LossMode) -> float:
+              mode: LossMode) -> float:
     """Mean answer-token loss, in eval mode (no dropout, no RNG use)."""
     model.eval()
     total, count = 0.0, 0
@@ -474,7 +474,7 @@ def run_sft(
     net = _with_adapters(loaded.model, config) if lora else loaded.model
     if not lora:
         net.requires_grad_(True)
-    mode = _exact_loss_mode(net, sorted(train, key=lambda e: e.length)[:2], pad_id, device)
+    mode = exact_loss_mode(net, sorted(train, key=lambda e: e.length)[:2], pad_id, device)
     if not mode.head_only:
         log.warning("this model post-processes its logits, so the loss uses full logits (slower)")
     elif not mode.share_prefix:
@@ -633,7 +633,7 @@ def _micro_batch_workers(count: int, device: str) -> Iterator[ThreadPoolExecutor
 
 
 def _train_step(net, optimizer, scheduler, trainable, examples: list[ChatExample], config, pad_id: int, plan,
-                mode: _LossMode, workers: ThreadPoolExecutor | None = None) -> tuple[float, int, float, float]:
+                mode: LossMode, workers: ThreadPoolExecutor | None = None) -> tuple[float, int, float, float]:
     """One optimizer step over micro batches; the loss is the mean over every answer token of the step, so
     accumulation equals one big batch. With `workers`, micro batches run forward and backward side by side
     (autograd accumulates their gradients safely). Returns (loss, tokens, grad norm before clipping, lr used)."""
@@ -658,7 +658,7 @@ def _train_step(net, optimizer, scheduler, trainable, examples: list[ChatExample
     return loss_sum / n_answer, tokens, grad_norm, lr
 
 
-def _record_eval(net, evals, config, pad_id, device, plan, mode: _LossMode, progress: TrainingProgress,
+def _record_eval(net, evals, config, pad_id, device, plan, mode: LossMode, progress: TrainingProgress,
                  log: RunLog) -> None:
     progress.eval_loss = _evaluate(net, evals, config.micro_batch_size, pad_id, device, plan, mode)
     progress.eval_step = progress.step
