@@ -29,12 +29,18 @@ from nbtoolkit.training.config import EvalConfig, RFTLoraConfig  # noqa: E402
 
 
 def _run_files(run: Path) -> dict:
+    """The files of a finished pipeline run; a run without an RFT stage uses the RFT prompts and validation rows
+    its data split set aside all the same."""
     stages = read_json(run / "stages.json")
-    rft = read_json(Path(stages["jobs"]["rft"]) / "job.json")
     evaluation = read_json(Path(stages["jobs"]["eval-sft"]) / "job.json")
-    return {"sft_model": stages["jobs"]["sft"], "rft_file": Path(rft["train_file"]),
-            "validation_file": Path(rft["eval_file"]), "eval_file": Path(evaluation["eval_file"]),
-            "labels": stages["labels"], "sft_eval": Path(stages["jobs"]["eval-sft"]) / "eval"}
+    if "rft" in stages["jobs"]:
+        rft = read_json(Path(stages["jobs"]["rft"]) / "job.json")
+        rft_file, validation_file = Path(rft["train_file"]), Path(rft["eval_file"])
+    else:
+        rft_file, validation_file = run / "data/train/rft/rft.jsonl", run / "data/train/validation/chat.jsonl"
+    return {"sft_model": stages["jobs"]["sft"], "rft_file": rft_file, "validation_file": validation_file,
+            "eval_file": Path(evaluation["eval_file"]), "labels": stages["labels"],
+            "sft_eval": Path(stages["jobs"]["eval-sft"]) / "eval"}
 
 
 def _eval(runtime: LocalRuntime, model: str, file: Path, labels: list[str], name: str, *, limit: int) -> EvalResult:

@@ -221,10 +221,10 @@ def test_work_per_kind_follows_the_config(tmp_path, cache, tiny_dir):
                                                          max_new_tokens=8, max_prompt_tokens=48),
                   model=tiny_dir, train_file=stats.path, labels=LABELS)
     assert local.job_work(rft, stats).busy == pytest.approx(3 * 4 * (stats.mean_prompt(48) + 8))
-    # dynamic sampling and the precheck each draw every one of the 12 rows
-    assert local.job_work(rft, stats).sampling == pytest.approx((12 + 12) * 2 * (stats.mean_prompt(48) + 8))
+    # before training, the precheck draws every one of the 12 rows (16, capped), or the 4 it is given
+    assert local.job_work(rft, stats).sampling == pytest.approx(12 * 2 * (stats.mean_prompt(48) + 8))
     small_precheck = replace(rft, extra={"precheck_prompts": 4})
-    assert local.job_work(small_precheck, stats).sampling == pytest.approx((12 + 4) * 2 * (stats.mean_prompt(48) + 8))
+    assert local.job_work(small_precheck, stats).sampling == pytest.approx(4 * 2 * (stats.mean_prompt(48) + 8))
     evaluation = JobSpec("eval", EvalConfig.for_platform("local", limit=5, max_new_tokens=4),
                          model=tiny_dir, eval_file=stats.path, labels=LABELS)
     assert local.job_work(evaluation, stats).busy == pytest.approx(5 * (stats.mean_prompt(192) + 4))

@@ -258,20 +258,6 @@ def test_precheck_warns_when_no_reply_earns_reward():
     assert not any("SFT first" in w for w in varied["warnings"])
 
 
-def test_dynamic_sampling_keeps_only_prompts_whose_replies_disagree():
-    loaded = tiny_model(seed=0, vocab_from=None)
-    records = [_record(i) for i in range(8)]
-    assert rft.learnable_prompts(loaded, records, always_negative, _config(dynamic_sampling=8)) == []
-
-    def first_reply_wins(samples):  # only groups of prompts q0..q2 disagree
-        return [{"id": s["id"], "aggregate_reward_score": 1.0 if s["id"].endswith("#0") and s["id"][1] in "012"
-                 else -1.0} for s in samples]
-
-    kept = rft.learnable_prompts(loaded, records, first_reply_wins, _config(dynamic_sampling=8))
-    assert sorted(r["id"] for r in kept) == ["q0", "q1", "q2"]
-    assert len(rft.learnable_prompts(loaded, records, first_reply_wins, _config(dynamic_sampling=3))) <= 3
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Runs on the tiny model
 
@@ -281,15 +267,13 @@ def test_short_run_writes_metrics_adapter_and_merged_model(workspace, tmp_path):
     summary = _run(workspace, run_dir, _config(), reward_fn=length_parity_reward)
 
     assert summary["status"] == "completed" and summary["steps"] == 2
+    assert summary["peak_rss_mb"] > 0 and summary["trained_tokens"] > 0 and summary["prompts_drawn"] >= 4
     assert summary["batch"]["prompts_per_step"] == 2 and summary["batch"]["gradient_accumulation_steps"] == 2
     rows = read_metrics(run_dir)
     assert rows[0]["phase"] == "precheck" and 0.0 < rows[0]["reply_positive_share"] < 1.0
-    sampled = next(row for row in rows if row.get("phase") == "dynamic_sampling")
-    assert sampled["prompts_sampled"] == 12 and 2 <= sampled["prompts_kept"] <= 12
-    # Sampled before training: the precheck's prompts (16, capped at the file's 12) and dynamic sampling's.
-    assert summary["sampled_prompts"] == 24 and summary["precheck"]["prompts"] == 12
-    assert summary["sampling_seconds"] == pytest.approx(sampled["seconds"] + summary["precheck"]["seconds"], abs=0.01)
-    assert sampled["seconds"] > 0
+    # Sampled before training: the precheck's prompts (16, capped at the file's 12).
+    assert summary["sampled_prompts"] == 12 == summary["precheck"]["prompts"]
+    assert summary["sampling_seconds"] == pytest.approx(summary["precheck"]["seconds"], abs=0.01)
     train = [row for row in rows if row.get("phase") == "train"]
     assert [row["step"] for row in train] == [1, 2]
     for row in train:
@@ -311,6 +295,26 @@ def test_short_run_writes_metrics_adapter_and_merged_model(workspace, tmp_path):
     changed = sum((a - b).abs().sum().item() for a, b in zip(merged.model.parameters(), start.model.parameters()))
     assert changed > 0
     assert not list(run_dir.glob(".model.*")) and not list(run_dir.glob(".adapter.*"))
+
+
+def first_reply_wins(samples: list[dict]) -> list[dict]:
+    """Only the groups of prompts q0..q2 (of 12) have rewards that differ: their first reply earns +1."""
+    return [{"id": s["id"], "aggregate_reward_score": 1.0 if s["id"].endswith("#0") and s["id"][1] in "012" else -1.0}
+            for s in samples]
+
+
+@pytest.mark.parametrize("dynamic_sampling", [12, 0])
+def test_dynamic_sampling_trains_only_groups_whose_rewards_differ(dynamic_sampling, workspace, tmp_path):
+    run_dir = tmp_path / "run"
+    _run(workspace, run_dir, _config(dynamic_sampling=dynamic_sampling), reward_fn=first_reply_wins)
+    train = [row for row in read_metrics(run_dir) if row.get("phase") == "train"]
+    if dynamic_sampling:
+        # a step samples prompts until it has 2 learnable groups (3 of the 12 prompts have them)
+        assert sum(row["sampled_groups"] for row in train) > sum(row["trained_groups"] for row in train)
+        assert sum(row["trained_groups"] for row in train) >= 3
+        assert sum(row["sampled_groups"] for row in train) <= 12
+    else:
+        assert all(row["sampled_groups"] == row["trained_groups"] == 2 for row in train)
 
 
 def test_default_reward_by_name_and_stop_event(workspace, tmp_path):

@@ -6,8 +6,9 @@
 
 Work per kind: SFT processes max_steps x global_batch_size sequences of the file's mean length after the
 max_prompt_tokens and max_length cuts (training tokens); RFT samples global_batch_size replies per step, each
-a prompt plus up to max_new_tokens (rollout tokens), after the precheck and dynamic sampling have drawn
-number_generation replies to each of their prompts (sampled tokens, timed at their own rate); eval reads each
+a prompt plus up to max_new_tokens (rollout tokens; the extra prompts a step samples to find groups whose rewards
+differ are inside the calibrated step's rate), after the precheck has drawn number_generation replies to each of
+its prompts (sampled tokens, timed at their own rate); eval reads each
 row's prompt and writes up to max_new_tokens (eval tokens).
 """
 
@@ -78,7 +79,7 @@ def job_work(spec: Any, stats: TokenStats, eval_stats: TokenStats | None = None,
         prompt = stats.mean_prompt(config.max_prompt_tokens)
         per_step = config.global_batch_size * (prompt + config.max_new_tokens)
         precheck = (spec.extra or {}).get("precheck_prompts", PRECHECK_PROMPTS)
-        sampled = (min(config.dynamic_sampling, stats.rows) + min(precheck, stats.rows)) * config.number_generation
+        sampled = min(precheck, stats.rows) * config.number_generation
         return Work(config.max_steps * per_step, config.max_steps, stats.tokenize_seconds,
                     f"{config.max_steps} steps x {config.global_batch_size} replies x ({prompt:.0f} prompt + "
                     f"{config.max_new_tokens} new tokens)", sampling=sampled * (prompt + config.max_new_tokens),

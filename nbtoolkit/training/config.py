@@ -258,9 +258,9 @@ class RFTLoraConfig(_TrainingFields):
     reward: str = field(default="binary_label", metadata=_help("reward function name (see nbtoolkit.rewards)"))
     lora_r: int = field(default=16, metadata=_help("LoRA rank"))
     alpha: int = field(default=32, metadata=_help("LoRA alpha"))
-    dynamic_sampling: int = field(default=512, metadata=_help(
-        "local only: before training, sample number_generation replies to up to this many training prompts and "
-        "train on the prompts whose replies earn different rewards, the only groups GRPO learns from (0: off)"))
+    dynamic_sampling: int = field(default=16, metadata=_help(
+        "local only: train each step only on prompt groups whose replies earn different rewards (the only groups "
+        "GRPO learns from), sampling up to this many prompts per step to find them (0: off)"))
 
     METHOD: ClassVar[str] = "rft_lora"
     DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {

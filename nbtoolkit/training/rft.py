@@ -9,11 +9,11 @@ with GRPO (the step is nbtoolkit.training.grpo). It writes metrics.jsonl rows an
 How the hyperparameters act:
 - Batching. A step trains global_batch_size completions: global_batch_size / number_generation prompts, each
   sampled number_generation times, scored in forward passes of at most micro_batch_size replies of one prompt.
-- Dynamic sampling (dynamic_sampling > 0). Before training, replies to up to dynamic_sampling prompts are sampled
-  and the prompts whose replies all earn the same reward are set aside. During training, a step keeps drawing
-  prompts (up to SAMPLING_ROUNDS rounds of a step's prompts) until it has enough groups whose rewards differ, and
-  trains on those only (DAPO's dynamic sampling): a flat group has zero advantage and would only add KL and entropy
-  terms. With dynamic_sampling 0 every drawn group is trained on.
+- Dynamic sampling (dynamic_sampling > 0, DAPO's). A step samples replies to its prompts from the current policy
+  and keeps the groups whose rewards differ; while it has fewer than it needs, it samples the next prompts of the
+  stream, up to dynamic_sampling prompts in all, and trains on the groups it found. A group whose replies all earn
+  the same reward has zero advantage and would only add KL and entropy terms. With dynamic_sampling 0 every drawn
+  group is trained on.
 - kl_loss_coef: weight of the k3 KL estimate to the starting model (the adapters switched off); 0 skips that pass.
 - ent_coeff: the loss minus ent_coeff x the mean entropy of the reply tokens.
 - max_prompt_tokens cuts user turns before templating; sampling stops at the chat template's answer terminator.
@@ -44,7 +44,14 @@ from nbtoolkit.generation import (
 from nbtoolkit.models import LoadedModel, answer_terminator, answer_terminator_ids, load_model
 from nbtoolkit.models.threads import CoreShare
 from nbtoolkit.rewards import get_reward, positive_reward_share
-from nbtoolkit.runtime.events import METRICS_FILE, RunLog, drop_metrics_after, read_metrics, write_json_atomic
+from nbtoolkit.runtime.events import (
+    METRICS_FILE,
+    RunLog,
+    drop_metrics_after,
+    peak_rss_mb,
+    read_metrics,
+    write_json_atomic,
+)
 from nbtoolkit.training.checkpoints import (
     TrainingProgress,
     export_model,
@@ -66,9 +73,6 @@ POSITIVE_SHARE_LOW = 0.05   # below: the model almost never earns reward; GRPO h
 POSITIVE_SHARE_HIGH = 0.95  # above: nearly every reply already earns reward; GRPO has no signal
 # Held-out reward before and after training (greedy), on the first prompts of eval_file.
 EVAL_PROMPTS = 32
-
-# During training: rounds of prompts a step may sample to find groups whose rewards differ.
-SAMPLING_ROUNDS = 4
 
 # Warning signs during training (TrainingHealth).
 COLLAPSE_WINDOW = 3         # logged rows averaged at the start and at the end
@@ -261,30 +265,6 @@ def positive_share_precheck(loaded: LoadedModel, records: Sequence[dict], reward
     return result
 
 
-def learnable_prompts(loaded: LoadedModel, records: Sequence[dict], reward_fn: RewardFn, config: RFTLoraConfig,
-                      *, log: RunLog | None = None) -> list[dict]:
-    """Dynamic sampling done once before training: number_generation sampled replies to up to
-    config.dynamic_sampling prompts, keeping the prompts whose replies earn different rewards. A group whose
-    replies all score the same has zero advantage: GRPO would spend a step's compute on it and learn nothing."""
-    started = time.perf_counter()
-    chosen = random.Random(config.seed + 1).sample(list(records), min(config.dynamic_sampling, len(records)))
-    groups = sample_groups(loaded, [r["messages"] for r in chosen], n=config.number_generation,
-                           temperature=config.temperature, top_k=config.top_k, max_new_tokens=config.max_new_tokens,
-                           seed=config.seed + 1, progress=log is None)
-    kept = []
-    for record, group in zip(chosen, groups):
-        scores = _scores(reward_fn, _samples(record, [text for text, _ in group]))
-        if max(scores) - min(scores) > 1e-6:
-            kept.append(record)
-    if log is not None:
-        log.info(f"dynamic sampling: {len(kept)} of {len(chosen)} prompts have replies that earn different rewards "
-                 f"({config.number_generation} sampled at temperature {config.temperature:g}); GRPO trains on those "
-                 f"({time.perf_counter() - started:.0f} s)")
-        log.metric(step=0, phase="dynamic_sampling", prompts_sampled=len(chosen), prompts_kept=len(kept),
-                   seconds=round(time.perf_counter() - started, 2))
-    return kept
-
-
 def held_out_reward(loaded: LoadedModel, records: Sequence[dict], reward_fn: RewardFn, *, max_new_tokens: int,
                     max_prompts: int = EVAL_PROMPTS) -> dict:
     """Mean reward and positive share of greedy replies to the first max_prompts records."""
@@ -463,13 +443,6 @@ def run_rft(
         return _summary(config, "stopped", TrainingProgress(), plan, reward_name, precheck, before, None, warnings,
                         run_dir, log, loaded, run_started, None, precheck_read=precheck_read)
 
-    if config.dynamic_sampling:
-        learnable = learnable_prompts(loaded, records, reward_fn, config, log=log)
-        if len(learnable) >= plan.prompts_per_step:
-            records = learnable
-        else:
-            warn(f"dynamic sampling kept {len(learnable)} prompts, fewer than one step needs "
-                 f"({plan.prompts_per_step}): training on every prompt")
     prompts = encode_prompts(tokenizer, [r["messages"] for r in records], None)
 
     torch.manual_seed(config.seed)  # LoRA initialisation, then the replies sampled during training
@@ -487,12 +460,12 @@ def run_rft(
         drop_metrics_after(run_dir, progress.step)
         log.info(f"resuming from {checkpoint.name}")
     first_step = progress.step
-    stream = PromptStream(len(records), config.seed)
+    stream = PromptStream(len(records), config.seed, position=progress.rows_seen)
 
     def draw_groups() -> tuple[list[ReplyGroup], list[ReplyGroup]]:
         """(groups sampled, groups to train on) for one step."""
         sampled, keep = [], []
-        rounds = SAMPLING_ROUNDS if config.dynamic_sampling else 1
+        rounds = max(1, config.dynamic_sampling // plan.prompts_per_step) if config.dynamic_sampling else 1
         for _ in range(rounds):
             chosen = [stream.next() for _ in range(plan.prompts_per_step)]
             progress.rows_seen = stream.position
@@ -505,7 +478,6 @@ def run_rft(
                 break
         return sampled, keep[:plan.prompts_per_step]
 
-    stream.position = progress.rows_seen
     health = TrainingHealth()
     share = CoreShare.for_this_process()
     share.enabled = share.enabled and loaded.plan.device_type == "cpu"
@@ -652,7 +624,6 @@ def _summary(config: RFTLoraConfig, status: str, progress: TrainingProgress, pla
     rows = [by_step[step] for step in sorted(by_step)]
     rewards = [row["reward_mean"] for row in rows if row.get("reward_mean") is not None]
     kls = [row["kl"] for row in rows if row.get("kl") is not None]
-    sampling = [row for row in logged if row.get("phase") == "dynamic_sampling"]
     precheck_run = {"prompts": 0, "seconds": 0.0} if precheck_read else precheck
     return {
         "method": config.METHOD,
@@ -672,13 +643,13 @@ def _summary(config: RFTLoraConfig, status: str, progress: TrainingProgress, pla
         "eval_reward_after": after_eval,
         "batch": asdict(plan),
         "entropy_bonus": {"ent_coeff": config.ent_coeff, "applied_as": "loss - ent_coeff x mean reply-token entropy"},
-        # Replies sampled before training (the precheck and dynamic sampling), timed apart from the GRPO steps.
-        "sampled_prompts": precheck_run["prompts"] + (sampling[-1]["prompts_sampled"] if sampling else 0),
-        "sampling_seconds": round(precheck_run["seconds"] + (sampling[-1].get("seconds", 0.0) if sampling else 0.0),
-                                  2),
+        # Replies sampled before training (the precheck), timed apart from the GRPO steps.
+        "sampled_prompts": precheck_run["prompts"],
+        "sampling_seconds": round(precheck_run["seconds"], 2),
         "train_seconds": round(progress.train_seconds, 2),
         "seconds_per_step": None,
         "total_seconds": round(time.perf_counter() - run_started, 2),
+        "peak_rss_mb": peak_rss_mb(),
         "device": loaded.plan.to_dict(),
         "paths": {"run_dir": str(run_dir), "model": None if model_dir is None else str(model_dir),
                   "adapter": None if adapter_dir is None else str(adapter_dir),
