@@ -63,7 +63,7 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return min(common, shortest - 1)
 
 
-def _prefix_cache(model, prefix: list[int], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def prefix_cache(model, prefix: list[int], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Keys and values of the shared prompt head, computed once for every batch of a call."""
     output = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
     return [(keys, values) for keys, values, *_ in output.past_key_values]
@@ -217,7 +217,7 @@ def generate_replies(
     share = CoreShare.for_this_process()
     share.enabled = share.enabled and loaded.plan.device_type == "cpu"
     with loaded.plan.autocast():
-        prefix_kv = _prefix_cache(model, prompts[0][:prefix_length], device) if prefix_length else None
+        prefix_kv = prefix_cache(model, prompts[0][:prefix_length], device) if prefix_length else None
         for start in range(0, len(order), batch_size):
             share.update()
             batch = order[start:start + batch_size]
@@ -270,7 +270,7 @@ def sample_groups(
     model.eval()
     bar = tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not progress)
     with loaded.plan.autocast():
-        prefix_kv = _prefix_cache(model, prompts[0][:prefix_length], device) if prefix_length else None
+        prefix_kv = prefix_cache(model, prompts[0][:prefix_length], device) if prefix_length else None
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             replies = sample_continuations(model, [prompts[i][prefix_length:] for i in batch], prefix_kv, prefix_length,

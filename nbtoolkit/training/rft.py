@@ -35,10 +35,13 @@ import numpy as np
 
 from nbtoolkit.data.formats import read_jsonl
 from nbtoolkit.generation import (
+    MIN_SHARED_PREFIX,
     encode_prompts,
     generate_replies,
+    prefix_cache,
     sample_continuations,
     sample_groups,
+    shared_prefix_length,
     truncate_user_turns,
 )
 from nbtoolkit.models import LoadedModel, answer_terminator, answer_terminator_ids, load_model
@@ -462,16 +465,24 @@ def run_rft(
     first_step = progress.step
     stream = PromptStream(len(records), config.seed, position=progress.rows_seen)
 
+    # Every prompt starts with the templated system prompt: sampling computes it once per step.
+    shared = shared_prefix_length(prompts)
+    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+
     def draw_groups() -> tuple[list[ReplyGroup], list[ReplyGroup]]:
         """(groups sampled, groups to train on) for one step."""
         sampled, keep = [], []
         rounds = max(1, config.dynamic_sampling // plan.prompts_per_step) if config.dynamic_sampling else 1
+        policy.eval()
+        with torch.no_grad(), loaded.plan.autocast():
+            head = prefix_cache(policy, prompts[0][:shared], device) if shared else None
         for _ in range(rounds):
             chosen = [stream.next() for _ in range(plan.prompts_per_step)]
             progress.rows_seen = stream.position
             groups = sample_reply_groups(policy, tokenizer, [records[i] for i in chosen],
                                          [prompts[i] for i in chosen], reward_fn, config, stop=stop,
-                                         pad_id=loaded.pad_token_id, device=device, autocast=loaded.plan.autocast)
+                                         pad_id=loaded.pad_token_id, device=device, autocast=loaded.plan.autocast,
+                                         head=head, head_length=shared)
             sampled += groups
             keep += [g for g in groups if g.learnable or not config.dynamic_sampling]
             if len(keep) >= plan.prompts_per_step:
@@ -576,15 +587,17 @@ class PromptStream:
 
 def sample_reply_groups(policy, tokenizer, records: Sequence[dict], prompts: Sequence[list[int]],
                         reward_fn: RewardFn, config: RFTLoraConfig, *, stop: Sequence[int], pad_id: int, device,
-                        autocast: Callable) -> list[ReplyGroup]:
+                        autocast: Callable, head=None, head_length: int = 0) -> list[ReplyGroup]:
     """number_generation sampled replies to each prompt, scored by reward_fn. Sampling draws from torch's global
     RNG, which checkpoints save and restore. A reply that stopped keeps the answer terminator (stop[0]) as its last
-    token, so training also teaches where to stop."""
+    token, so training also teaches where to stop. head: the keys and values of the first head_length tokens,
+    which every prompt shares (generation.prefix_cache of the current policy)."""
     import torch
 
     policy.eval()
     with torch.no_grad(), autocast():
-        replies = sample_continuations(policy, [list(p) for p in prompts], None, 0, n=config.number_generation,
+        replies = sample_continuations(policy, [list(p[head_length:]) for p in prompts], head, head_length,
+                                       n=config.number_generation,
                                        temperature=config.temperature, top_k=config.top_k, stop=set(stop),
                                        max_new_tokens=config.max_new_tokens, device=device, pad_id=pad_id)
     n, groups = config.number_generation, []
