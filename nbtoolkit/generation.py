@@ -273,10 +273,10 @@ def sample_groups(
         prefix_kv = prefix_cache(model, prompts[0][:prefix_length], device) if prefix_length else None
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            replies = sample_continuations(model, [prompts[i][prefix_length:] for i in batch], prefix_kv, prefix_length,
-                                     n=n, temperature=temperature, top_k=top_k, stop=stop,
-                                     max_new_tokens=max_new_tokens, device=device, pad_id=loaded.pad_token_id,
-                                     generator=generator)
+            replies = sample_continuations(model, [prompts[i][prefix_length:] for i in batch], prefix_kv,
+                                           prefix_length, n=n, temperature=temperature, top_k=top_k, stop=stop,
+                                           max_new_tokens=max_new_tokens, device=device,
+                                           pad_id=loaded.pad_token_id, generator=generator)
             for slot, i in enumerate(batch):
                 results[i] = [(tokenizer.decode(tokens, skip_special_tokens=True).strip(), not stopped)
                               for tokens, stopped in replies[slot * n:(slot + 1) * n]]
