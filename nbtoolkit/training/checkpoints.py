@@ -29,8 +29,6 @@ CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
 
 
-
-
 @dataclass
 class TrainingProgress:
     """What a checkpoint records besides tensors: where the data stream is and what the run has done so far."""
