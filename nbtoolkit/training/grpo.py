@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nbtoolkit.training.sft import ChatExample, LossMode, collate, hidden_states
+from nbtoolkit.training.sft import ChatExample, LossMode, base_model, collate, hidden_states
 
 ADVANTAGE_EPS = 1e-4
 FLAT_TOLERANCE = 1e-6  # rewards closer than this count as equal: the group has no advantage anywhere
@@ -61,7 +61,7 @@ def token_logprobs(model, examples: Sequence[ChatExample], pad_id: int, device, 
     computed (sft.exact_loss_mode); with share_prefix a group's common prompt runs once."""
     batch = collate(examples, pad_id).to(device)
     if mode.head_only:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         hidden, offset = hidden_states(base, batch, mode.share_prefix)
         logits = base.get_output_embeddings()(hidden[batch.answer_positions[:, offset:]])
     else:

@@ -63,6 +63,7 @@ __all__ = [
     "ChatExample",
     "SFTBatch",
     "answer_token_loss",
+    "base_model",
     "collate",
     "hidden_states",
     "latest_checkpoint",
@@ -197,7 +198,7 @@ def collate(examples: Sequence[ChatExample], pad_id: int) -> SFTBatch:
     return SFTBatch(input_ids, attention, labels, answer_positions, targets)
 
 
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
     from peft import PeftModel
 
     return model.get_base_model() if isinstance(model, PeftModel) else model
@@ -243,7 +244,7 @@ def answer_token_loss(
         attention = None if bool(batch.attention_mask.all()) else batch.attention_mask
         logits = model(input_ids=batch.input_ids, attention_mask=attention, use_cache=False).logits
         return F.cross_entropy(logits[batch.answer_positions].float(), batch.targets, reduction="sum")
-    base = _base_model(model)
+    base = base_model(model)
     hidden, offset = hidden_states(base, batch, share_prefix)
     logits = base.get_output_embeddings()(hidden[batch.answer_positions[:, offset:]])
     return F.cross_entropy(logits.float(), batch.targets, reduction="sum")
