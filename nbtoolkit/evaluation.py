@@ -32,6 +32,7 @@ from nbtoolkit.metrics import (
     per_class_metrics,
     response_length_metrics,
 )
+from nbtoolkit.models.registry import label_continuations
 from nbtoolkit.training.config import EvalConfig, config_from_dict, config_to_dict
 
 if TYPE_CHECKING:
@@ -140,14 +141,6 @@ def infer_labels(references: Sequence[str]) -> list[str] | None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Label log-likelihood
-
-
-def label_continuations(tokenizer, labels: Sequence[str]) -> list[list[int]]:
-    """Token ids of each label followed by the answer terminator: the complete reply that names the label."""
-    from nbtoolkit.models import answer_terminator_ids
-
-    terminator = answer_terminator_ids(tokenizer)
-    return [tokenizer(label, add_special_tokens=False)["input_ids"] + terminator for label in labels]
 
 
 def label_logprobs(
@@ -401,7 +394,6 @@ __all__ = [
     "eval_example",
     "evaluate",
     "infer_labels",
-    "label_continuations",
     "label_logprobs",
     "load_eval_examples",
     "sample_rows",

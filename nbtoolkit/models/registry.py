@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -610,6 +610,12 @@ def answer_terminator(tokenizer: PreTrainedTokenizerBase) -> str:
 def answer_terminator_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids of answer_terminator(tokenizer), e.g. for generate(eos_token_id=...)."""
     return list(tokenizer.encode(answer_terminator(tokenizer), add_special_tokens=False))
+
+
+def label_continuations(tokenizer: PreTrainedTokenizerBase, labels: Sequence[str]) -> list[list[int]]:
+    """Token ids of each label followed by the answer terminator: the complete reply that names the label."""
+    terminator = answer_terminator_ids(tokenizer)
+    return [tokenizer(label, add_special_tokens=False)["input_ids"] + terminator for label in labels]
 
 
 def _chat_example(tokenizer: PreTrainedTokenizerBase) -> str:
