@@ -185,6 +185,111 @@ def test_grpo_step_raises_rewarded_replies_and_lowers_the_others():
         assert (new > old) if reward > 0 else (new < old), (reward, old, new)
 
 
+def _label_group(loaded, rewards=(1.0, -1.0, -1.0)):
+    head = [(7 * i) % 90 + 5 for i in range(24)]
+    replies = [[22, 2], [25, 2], [31, 2]]  # about equally likely under the tiny policy
+    return grpo.ReplyGroup({"id": "0"}, head + [11], replies, [False] * 3, list(rewards))
+
+
+def test_label_group_gradient_is_the_normalized_gradient_of_the_expected_reward():
+    """Without KL and entropy, the label-group loss's gradient is -grad(J) / ((std + eps) x mean reply length),
+    J = sum_i q_i r_i with q the replies' probabilities renormalized over the group."""
+    import contextlib
+
+    import torch
+
+    from nbtoolkit.training.sft import LossMode
+
+    loaded, policy = _tiny_policy()
+    group = _label_group(loaded)
+    policy.zero_grad(set_to_none=True)
+    stats, row = grpo.backward_label_groups(policy, [group], kl_coef=0.0, entropy_coef=0.0, pad_id=0, device="cpu",
+                                            autocast=contextlib.nullcontext, prompts_per_pass=1,
+                                            mode=LossMode(True, True))
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    grads = [p.grad.clone() for p in trainable]
+
+    policy.zero_grad(set_to_none=True)
+    examples = group.examples()
+    logp, _ = grpo.token_logprobs(policy, examples, 0, "cpu", LossMode())
+    sequence = torch.stack([part.sum() for part in logp.split([e.answer_length for e in examples])])
+    q = torch.softmax(sequence, dim=0)
+    rewards = torch.tensor(group.rewards)
+    expected = (q * rewards).sum()
+    with torch.no_grad():
+        spread = (q * (rewards - expected) ** 2).sum().sqrt()
+        length = (q * torch.tensor([2.0, 2.0, 2.0])).sum()
+    (-expected / ((spread + grpo.ADVANTAGE_EPS) * length)).backward()
+    for a, p in zip(grads, trainable):
+        b = p.grad
+        assert float((a - b).abs().max()) <= 1e-6 + 1e-3 * float(b.abs().max())
+    assert row["reward_mean"] == pytest.approx(float(expected.detach()), abs=1e-5)
+    assert float(q.min()) > 0.2 and row["frac_zero_variance_groups"] == 0.0 and stats.tokens == 6
+
+
+def test_label_groups_of_a_step_in_one_batch_match_each_group_scored_alone():
+    """Prompts of different lengths sharing a head: the batched pass (head once, each prompt once, every label in
+    the prompt's row) gives the same log-probs, entropies and gradient as full logits per group, in passes of any
+    number of prompts."""
+    import contextlib
+
+    from nbtoolkit.training.sft import LossMode
+
+    loaded, policy = _tiny_policy()
+    head = [(7 * i) % 90 + 5 for i in range(24)]
+    replies = [[22, 2], [25, 26, 2], [31, 2]]
+    groups = [grpo.ReplyGroup({"id": str(k)}, head + tail, replies, [False] * 3, rewards)
+              for k, (tail, rewards) in enumerate([([11], [1.0, -1.0, -1.0]), ([12, 13, 14], [-1.0, 1.0, -1.0]),
+                                                  ([15, 16], [-1.0, -1.0, 1.0])])]
+    results = []
+    for mode, per_pass in ((LossMode(True, True), 2), (LossMode(False, False), 3)):
+        logp, entropy = grpo.label_logprobs(policy, groups, 0, "cpu", mode)
+        policy.zero_grad(set_to_none=True)
+        stats, row = grpo.backward_label_groups(policy, groups, kl_coef=0.05, entropy_coef=0.01, pad_id=0,
+                                                device="cpu", autocast=contextlib.nullcontext,
+                                                prompts_per_pass=per_pass, mode=mode)
+        results.append((logp.detach(), entropy.detach(), stats, row,
+                        [p.grad.clone() for p in policy.parameters() if p.requires_grad]))
+    (logp, entropy, stats, row, grads), (logp_ref, entropy_ref, stats_ref, row_ref, grads_ref) = results
+    assert logp.shape == (3 * 7,) and float((logp - logp_ref).abs().max()) < 1e-4
+    assert float((entropy - entropy_ref).abs().max()) < 1e-4
+    assert stats.loss == pytest.approx(stats_ref.loss, rel=1e-3) and stats.kl == pytest.approx(stats_ref.kl, abs=1e-5)
+    assert row == pytest.approx(row_ref, rel=1e-3)
+    for a, b in zip(grads, grads_ref):
+        assert float((a - b).abs().max()) <= 1e-6 + 1e-3 * float(b.abs().max())
+
+
+def test_label_group_steps_raise_the_rewarded_label():
+    import contextlib
+
+    import torch
+
+    loaded, policy = _tiny_policy()
+    group = _label_group(loaded, rewards=(-1.0, 1.0, -1.0))
+    optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.5)
+    rewards = []
+    for _ in range(4):
+        optimizer.zero_grad()
+        _, row = grpo.backward_label_groups(policy, [group], kl_coef=0.05, entropy_coef=0.01, pad_id=0,
+                                            device="cpu", autocast=contextlib.nullcontext, prompts_per_pass=1)
+        rewards.append(row["reward_mean"])
+        optimizer.step()
+    assert rewards == sorted(rewards) and rewards[-1] > rewards[0]
+
+
+def test_label_groups_run_samples_nothing_after_the_precheck(workspace, tmp_path):
+    run_dir = tmp_path / "run"
+    summary = _run(workspace, run_dir, _config(label_groups=True, max_steps=3, save_steps=3))
+    assert summary["status"] == "completed" and summary["prompts_drawn"] == 6
+    train = [row for row in read_metrics(run_dir) if row.get("phase") == "train"]
+    assert [row["trained_groups"] for row in train] == [2, 2, 2]
+    assert all(row["kl"] is not None and -1.0 <= row["reward_mean"] <= 1.0 for row in train)
+    assert (run_dir / "model").is_dir()
+    with pytest.raises(ValueError, match="label set"):
+        rft.run_rft(_config(label_groups=True), model=workspace / "model", train_file=workspace / "train.jsonl",
+                    run_dir=tmp_path / "other", labels=[])
+
+
 def test_window_means_skip_missing_values():
     rows = [{"kl": 0.2, "loss": 1.0}, {"kl": None, "loss": 3.0}]
     assert rft._window_means(rows) == {"kl": 0.2, "loss": 2.0}

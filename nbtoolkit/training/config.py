@@ -261,6 +261,10 @@ class RFTLoraConfig(_TrainingFields):
     dynamic_sampling: int = field(default=16, metadata=_help(
         "local only: train each step only on prompt groups whose replies earn different rewards (the only groups "
         "GRPO learns from), sampling up to this many prompts per step to find them (0: off)"))
+    label_groups: bool = field(default=False, metadata=_help(
+        "local label tasks only: a prompt's group is every label, each weighted by its probability under the "
+        "policy (the expectation sampled replies estimate), instead of number_generation sampled replies; a "
+        "forward pass then scores micro_batch_size prompts"))
 
     METHOD: ClassVar[str] = "rft_lora"
     DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {

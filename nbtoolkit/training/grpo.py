@@ -9,6 +9,11 @@ The loss is the on-policy GRPO objective (one update per batch of samples, so th
 gradient remains): per completion token, -advantage x ratio + kl_loss_coef x k3-KL to the reference (the starting
 model: the adapters switched off) - ent_coeff x the token's entropy, summed over the step's trained tokens and
 divided by their number. Advantages are group-normalized: (reward - group mean) / (group std + 1e-4).
+
+For label tasks the replies need not be sampled: `backward_label_groups` makes every label one reply of the group,
+weighted by its probability under the policy (renormalized over the label set), which is the expectation the
+sampled group estimates. Every prompt then contributes, weighted by how undecided the policy is on it (about
+sqrt(p (1 - p)) for a right/wrong reward), and none of the step's time goes to sampling.
 """
 
 from __future__ import annotations
@@ -20,10 +25,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from nbtoolkit.generation import MIN_SHARED_PREFIX
+from nbtoolkit.generation import shared_prefix_length as token_prefix_length
 from nbtoolkit.training.sft import ChatExample, LossMode, base_model, collate, hidden_states
 
 ADVANTAGE_EPS = 1e-4
 FLAT_TOLERANCE = 1e-6  # rewards closer than this count as equal: the group has no advantage anywhere
+# A label group whose likeliest reply has at least this probability counts as decided (a sampled group of 4 would
+# nearly always be flat): its share is reported as frac_zero_variance_groups.
+DECIDED_PROBABILITY = 0.99
 
 
 @dataclass
@@ -121,6 +131,121 @@ def backward_groups(policy, groups: Sequence[ReplyGroup], *, kl_coef: float, ent
             stats.policy_loss += float(policy_term.detach().sum())
             stats.entropy += float(entropy.detach().sum())
     return stats
+
+
+def label_logprobs(model, groups: Sequence[ReplyGroup], pad_id: int, device, mode: LossMode = LossMode()
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """token_logprobs of every reply of every group, in the order group, reply, token; the groups' replies are the
+    same label continuations. With mode.head_only and share_prefix all groups run as one batch: the prompts' common
+    head once, then one row per prompt holding its own tokens followed by every label, each label attending to the
+    prompt and to itself only (a 4-D mask), so the prompt is neither repeated nor recomputed per label."""
+    replies = groups[0].replies
+    prompts = [group.prompt for group in groups]
+    head = token_prefix_length(prompts) if len(prompts) > 1 else len(prompts[0]) - 1
+    if not (mode.head_only and mode.share_prefix) or head < MIN_SHARED_PREFIX:
+        parts = [token_logprobs(model, group.examples(), pad_id, device, mode) for group in groups]
+        return torch.cat([logp for logp, _ in parts]), torch.cat([entropy for _, entropy in parts])
+    from transformers import DynamicCache
+
+    base = base_model(model)
+    decoder = base.get_decoder()
+    count = len(prompts)
+    own = [len(prompt) - head for prompt in prompts]
+    width = max(own)
+    starts = [width + sum(len(reply) for reply in replies[:k]) for k in range(len(replies))]
+    length = starts[-1] + len(replies[-1])
+    ids = torch.full((count, length), pad_id, dtype=torch.long)
+    positions = torch.zeros((count, length), dtype=torch.long)
+    allowed = torch.zeros((count, length, head + length), dtype=torch.bool)
+    allowed[:, :, :head] = True
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    for i, prompt in enumerate(prompts):
+        n = own[i]
+        ids[i, :n] = torch.tensor(prompt[head:])
+        positions[i, :width] = head + torch.arange(width)
+        allowed[i, :width, head:head + n] = causal[:, :n]
+        allowed[i, n:width, :head] = False
+        allowed[i, n:width, head + n:head + width] = torch.eye(width - n, dtype=torch.bool)  # padding sees itself
+        for start, reply in zip(starts, replies):
+            span = slice(start, start + len(reply))
+            ids[i, span] = torch.tensor(reply)
+            positions[i, span] = len(prompt) + torch.arange(len(reply))
+            allowed[i, span, head:head + n] = True
+            allowed[i, span, head + start:head + start + len(reply)] = torch.ones(len(reply), len(reply),
+                                                                                 dtype=torch.bool).tril()
+    cache = DynamicCache(config=base.config)
+    decoder(input_ids=torch.tensor([prompts[0][:head]], device=device), past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(count)
+    hidden = decoder(input_ids=ids.to(device), attention_mask=allowed[:, None].to(device),
+                     position_ids=positions.to(device), past_key_values=cache, use_cache=True).last_hidden_state
+    # The hidden state predicting reply token j: the prompt's last for j = 0, the reply's token j - 1 after that.
+    rows = [torch.cat([hidden[i, own[i] - 1:own[i]], hidden[i, start:start + len(reply) - 1]])
+            for i in range(count) for start, reply in zip(starts, replies)]
+    logits = base.get_output_embeddings()(torch.cat(rows))
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    targets = torch.tensor([token for _ in range(count) for reply in replies for token in reply], device=device)
+    chosen = logp.gather(-1, targets[:, None]).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return chosen, entropy
+
+
+def backward_label_groups(policy, groups: Sequence[ReplyGroup], *, kl_coef: float, entropy_coef: float, pad_id: int,
+                          device, autocast: Callable, prompts_per_pass: int, mode: LossMode = LossMode()
+                          ) -> tuple[StepStats, dict]:
+    """Accumulate the gradient of the GRPO loss in expectation over each group's replies, where every group's
+    replies are the same label continuations (ReplyGroup.rewards: each label's reward for that prompt), in forward
+    passes of at most prompts_per_pass groups.
+
+    Per group: q = the policy's probabilities of the replies renormalized over them, the advantages are the
+    q-weighted group-normalized rewards, and the loss is GRPO's per-token loss with each reply's tokens weighted
+    by q, divided by the q-weighted reply length. The step's loss is the mean over groups. Returns the summed
+    statistics and the step's reward row (expected reward, its spread, the share of decided groups)."""
+    total, labels = len(groups), len(groups[0].replies)
+    sizes = torch.tensor([len(reply) for reply in groups[0].replies], device=device)
+    stats = StepStats(tokens=total * int(sizes.sum()))
+    means, spreads, probabilities, lengths = [], [], [], []
+    for first in range(0, total, prompts_per_pass):
+        chunk = groups[first:first + prompts_per_pass]
+        count = len(chunk)
+        rewards = torch.tensor([group.rewards for group in chunk], dtype=torch.float32, device=device)
+        reply_of_token = torch.arange(count * labels, device=device).repeat_interleave(sizes.repeat(count))
+        reference = None
+        if kl_coef:
+            with torch.no_grad(), policy.disable_adapter(), autocast():
+                reference, _ = label_logprobs(policy, chunk, pad_id, device, mode)
+        with autocast():
+            logp, entropy = label_logprobs(policy, chunk, pad_id, device, mode)
+        sequence = torch.zeros(count * labels, device=device).index_add(0, reply_of_token, logp.float())
+        with torch.no_grad():
+            q = torch.softmax(sequence.view(count, labels), dim=1)
+            mean = (q * rewards).sum(1, keepdim=True)
+            spread = (q * (rewards - mean) ** 2).sum(1, keepdim=True).sqrt()
+            advantages = ((rewards - mean) / (spread + ADVANTAGE_EPS)).flatten()[reply_of_token]
+            length = (q * sizes).sum(1)
+            # each token's weight: its reply's probability / (its group's q-weighted length x number of groups)
+            weights = (q.flatten() / (length.repeat_interleave(labels) * total))[reply_of_token]
+        policy_term = -logp * advantages
+        loss = policy_term - entropy_coef * entropy
+        if reference is not None:
+            gap = reference - logp
+            kl = torch.exp(gap) - gap - 1
+            loss = loss + kl_coef * kl
+            stats.kl += float((weights * kl).detach().sum()) * stats.tokens
+        (weights * loss).sum().backward()
+        # Sums scaled so that StepStats.means() gives the mean over groups of the q-weighted per-token values.
+        stats.loss += float((weights * loss).detach().sum()) * stats.tokens
+        stats.policy_loss += float((weights * policy_term).detach().sum()) * stats.tokens
+        stats.entropy += float((weights * entropy).detach().sum()) * stats.tokens
+        means.append(mean.flatten())
+        spreads.append(spread.flatten())
+        probabilities.append(torch.stack([(q * (rewards > 0)).sum(1), q.max(1).values], dim=1))
+        lengths.append(length)
+    positive, likeliest = torch.cat(probabilities).unbind(1)
+    row = {"reward_mean": float(torch.cat(means).mean()), "reward_std": float(torch.cat(spreads).mean()),
+           "reward_positive_share": float(positive.mean()),
+           "frac_zero_variance_groups": float((likeliest >= DECIDED_PROBABILITY).float().mean()),
+           "completion_length": float(torch.cat(lengths).mean()), "clipped_ratio": 0.0}
+    return stats, row
 
 
 def sampled_stats(groups: Sequence[ReplyGroup]) -> dict[str, float]:

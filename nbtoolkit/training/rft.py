@@ -14,6 +14,9 @@ How the hyperparameters act:
   stream, up to dynamic_sampling prompts in all, and trains on the groups it found. A group whose replies all earn
   the same reward has zero advantage and would only add KL and entropy terms. With dynamic_sampling 0 every drawn
   group is trained on.
+- label_groups (label tasks): nothing is sampled; a prompt's group is every label, weighted by its probability
+  under the policy (grpo.backward_label_groups), so every drawn prompt is trained on and dynamic_sampling is unused;
+  a forward pass scores micro_batch_size prompts on every label.
 - kl_loss_coef: weight of the k3 KL estimate to the starting model (the adapters switched off); 0 skips that pass.
 - ent_coeff: the loss minus ent_coeff x the mean entropy of the reply tokens.
 - max_prompt_tokens cuts user turns before templating; sampling stops at the chat template's answer terminator.
@@ -44,7 +47,7 @@ from nbtoolkit.generation import (
     shared_prefix_length,
     truncate_user_turns,
 )
-from nbtoolkit.models import LoadedModel, answer_terminator, answer_terminator_ids, load_model
+from nbtoolkit.models import LoadedModel, answer_terminator, answer_terminator_ids, label_continuations, load_model
 from nbtoolkit.models.threads import CoreShare
 from nbtoolkit.rewards import get_reward, positive_reward_share
 from nbtoolkit.runtime.events import (
@@ -64,7 +67,13 @@ from nbtoolkit.training.checkpoints import (
     save_checkpoint,
 )
 from nbtoolkit.training.config import RFTLoraConfig
-from nbtoolkit.training.grpo import ReplyGroup, backward_groups, sampled_stats
+from nbtoolkit.training.grpo import (
+    DECIDED_PROBABILITY,
+    ReplyGroup,
+    backward_groups,
+    backward_label_groups,
+    sampled_stats,
+)
 from nbtoolkit.training.sft import MAX_GRAD_NORM, ChatExample, exact_loss_mode, lr_factor, make_optimizer
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -204,8 +213,11 @@ def batch_plan(config: RFTLoraConfig) -> BatchPlan:
     if total % group:
         raise ValueError(f"global_batch_size ({total}) must be a multiple of number_generation ({group}): "
                          "each step scores whole groups of replies to a prompt")
-    micro = min(config.micro_batch_size, group)
     prompts = total // group
+    if config.label_groups:  # a forward pass scores micro_batch_size prompts on every label
+        micro = min(config.micro_batch_size, prompts)
+        return BatchPlan(total, prompts, group, micro, math.ceil(prompts / micro))
+    micro = min(config.micro_batch_size, group)
     return BatchPlan(total, prompts, group, micro, prompts * math.ceil(group / micro))
 
 
@@ -376,6 +388,8 @@ def run_rft(
         warnings.append(message)
 
     plan = batch_plan(config)
+    if config.label_groups and not labels:
+        raise ValueError("label_groups=True needs the task's label set (labels), and this task has none")
     remove_leftovers(run_dir)
     if (run_dir / CHECKPOINTS_DIR).is_dir():
         remove_leftovers(run_dir / CHECKPOINTS_DIR)
@@ -407,10 +421,16 @@ def run_rft(
         longer = sum(n + config.max_new_tokens > config.max_length for n in prompt_tokens)
         warn(f"{longer} prompts plus max_new_tokens exceed max_length {config.max_length} tokens (longest prompt "
              f"{max(prompt_tokens)}); lower max_prompt_tokens if memory or time is short")
+    if config.label_groups:
+        batching = (f"{plan.prompts_per_step} prompts per step, each scored on all {len(labels)} labels "
+                    f"({plan.gradient_accumulation_steps} forward passes of up to {plan.micro_batch_size} prompts, "
+                    "nothing sampled)")
+    else:
+        batching = (f"{plan.prompts_per_step} prompts x {plan.generations_per_prompt} replies = "
+                    f"{plan.completions_per_step} completions per step, {plan.gradient_accumulation_steps} forward "
+                    f"passes of up to {plan.micro_batch_size} replies")
     log.info(f"RFT (GRPO + LoRA r={config.lora_r}, alpha={config.alpha}) from {loaded.spec.name} on "
-             f"{len(records)} prompts: {plan.prompts_per_step} prompts x {plan.generations_per_prompt} replies = "
-             f"{plan.completions_per_step} completions per step, {plan.gradient_accumulation_steps} forward passes "
-             f"of up to {plan.micro_batch_size} replies, {config.max_steps} steps; reward {reward_name}; "
+             f"{len(records)} prompts: {batching}, {config.max_steps} steps; reward {reward_name}; "
              f"device {device} {loaded.plan.weights_dtype} ({loaded.plan.reason})")
 
     eval_records = None
@@ -469,6 +489,20 @@ def run_rft(
     shared = shared_prefix_length(prompts)
     shared = shared if shared >= MIN_SHARED_PREFIX else 0
 
+    if config.label_groups:
+        replies = label_continuations(tokenizer, labels)
+        label_rewards = {}
+
+    def label_groups() -> list[ReplyGroup]:
+        """One step's prompts, each with every label as its group (rewards computed once per prompt)."""
+        chosen = [stream.next() for _ in range(plan.prompts_per_step)]
+        progress.rows_seen = stream.position
+        for i in chosen:
+            if i not in label_rewards:
+                label_rewards[i] = _scored(reward_fn, _samples(records[i], list(labels)))
+        return [ReplyGroup(records[i], list(prompts[i]), replies, [False] * len(replies), *label_rewards[i])
+                for i in chosen]
+
     def draw_groups() -> tuple[list[ReplyGroup], list[ReplyGroup]]:
         """(groups sampled, groups to train on) for one step."""
         sampled, keep = [], []
@@ -500,12 +534,22 @@ def run_rft(
             status = "stopped"
             break
         started = time.perf_counter()
-        sampled, trained = draw_groups()
+        if config.label_groups:
+            sampled = trained = label_groups()
+        else:
+            sampled, trained = draw_groups()
         sampling_seconds = time.perf_counter() - started
         policy.train()
-        stats = backward_groups(policy, trained, kl_coef=config.kl_loss_coef, entropy_coef=config.ent_coeff,
-                                pad_id=loaded.pad_token_id, device=device, autocast=loaded.plan.autocast,
-                                micro_batch_size=plan.micro_batch_size, mode=mode)
+        if config.label_groups:
+            stats, rewards_row = backward_label_groups(
+                policy, trained, kl_coef=config.kl_loss_coef, entropy_coef=config.ent_coeff,
+                pad_id=loaded.pad_token_id, device=device, autocast=loaded.plan.autocast,
+                prompts_per_pass=plan.micro_batch_size, mode=mode)
+        else:
+            stats = backward_groups(policy, trained, kl_coef=config.kl_loss_coef, entropy_coef=config.ent_coeff,
+                                    pad_id=loaded.pad_token_id, device=device, autocast=loaded.plan.autocast,
+                                    micro_batch_size=plan.micro_batch_size, mode=mode)
+            rewards_row = sampled_stats(sampled)
         lr = optimizer.param_groups[0]["lr"]
         # A step without a learnable group has no gradients; the optimizer then skips every parameter.
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)) if stats.tokens else None
@@ -517,7 +561,7 @@ def run_rft(
         progress.tokens += stats.tokens
         progress.train_seconds += seconds
         progress.last_loss = stats.means()["loss"]
-        window.append({**stats.means(), **sampled_stats(sampled), "lr": lr, "grad_norm": grad_norm,
+        window.append({**stats.means(), **rewards_row, "lr": lr, "grad_norm": grad_norm,
                        "sampled_groups": len(sampled), "trained_groups": len(trained),
                        "sampling_seconds": sampling_seconds, "seconds_per_step": seconds})
         step = progress.step
@@ -525,9 +569,15 @@ def run_rft(
             row = {"step": step, "phase": "train", **_window_means(window), "threads": share.threads}
             window = []
             log.metric(**row)
-            log.info(f"step {step}/{config.max_steps}  reward {row['reward_mean']:.3f}  groups with differing "
-                     f"rewards {1 - row['frac_zero_variance_groups']:.0%} of {row['sampled_groups']:.0f} sampled, "
-                     f"{row['trained_groups']:.0f} trained  kl {_fmt(row.get('kl'))}  "
+            if config.label_groups:
+                groups = (f"expected reward {row['reward_mean']:.3f}  undecided prompts (no label at "
+                          f"{DECIDED_PROBABILITY:.0%}) {1 - row['frac_zero_variance_groups']:.0%} of "
+                          f"{row['trained_groups']:.0f}")
+            else:
+                groups = (f"reward {row['reward_mean']:.3f}  groups with differing rewards "
+                          f"{1 - row['frac_zero_variance_groups']:.0%} of {row['sampled_groups']:.0f} sampled, "
+                          f"{row['trained_groups']:.0f} trained")
+            log.info(f"step {step}/{config.max_steps}  {groups}  kl {_fmt(row.get('kl'))}  "
                      f"{row['seconds_per_step']:.1f} s/step")
             for message in health.update(row):
                 warn(message)
