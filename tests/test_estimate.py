@@ -285,6 +285,25 @@ def test_rft_calibration_times_one_step_of_one_prompt_group_and_samples_a_few_pr
     assert (small.config.global_batch_size, small.config.micro_batch_size) == (4, 4)  # one group in one pass
 
 
+def test_rft_with_label_groups_is_estimated_and_calibrated_as_prompts_without_sampling(tmp_path, tiny_dir):
+    from nbtoolkit.models import tiny_tokenizer
+
+    config = RFTLoraConfig.for_platform("local", max_steps=20, global_batch_size=64, micro_batch_size=8,
+                                        number_generation=4, label_groups=True)
+    spec = JobSpec("rft_lora", config, model=tiny_dir, train_file=str(tmp_path / "rft.jsonl"), labels=LABELS)
+    sampled = replace(spec, config=replace(config, label_groups=False))
+    assert rates.method_id("rft_lora", config) != rates.method_id("rft_lora", sampled.config)
+    small, rows = rates.calibration_spec(spec)
+    # one forward pass of 8 prompts (32 = 8 groups of 4 in the config's terms)
+    assert (small.config.max_steps, small.config.global_batch_size, small.config.micro_batch_size) == (1, 32, 8)
+    assert rows == max(rates.CALIBRATION_PROMPTS, 8) and small.config.label_groups
+    assert rates.method_id("rft_lora", small.config) == rates.method_id("rft_lora", config)
+    stats = token_stats(write_jsonl(tmp_path / "rft.jsonl", chat_rows(24)), tiny_tokenizer(), tokenizer_name="t")
+    work = local.job_work(spec, stats)
+    assert work.busy == pytest.approx(20 * 16 * stats.mean_prompt(config.max_prompt_tokens))
+    assert work.sampling == pytest.approx(16 * 4 * (stats.mean_prompt(config.max_prompt_tokens) + 16))  # precheck
+
+
 @pytest.mark.slow
 def test_a_real_calibration_times_the_job_function_in_a_subprocess(tmp_path, cache, tiny_dir):
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows(16))

@@ -77,9 +77,14 @@ def job_work(spec: Any, stats: TokenStats, eval_stats: TokenStats | None = None,
         from nbtoolkit.training.rft import PRECHECK_PROMPTS
 
         prompt = stats.mean_prompt(config.max_prompt_tokens)
-        per_step = config.global_batch_size * (prompt + config.max_new_tokens)
         precheck = (spec.extra or {}).get("precheck_prompts", PRECHECK_PROMPTS)
         sampled = min(precheck, stats.rows) * config.number_generation
+        if config.label_groups:  # each prompt runs once, its labels (a few tokens) beside it
+            prompts = config.global_batch_size // config.number_generation
+            return Work(config.max_steps * prompts * prompt, config.max_steps, stats.tokenize_seconds,
+                        f"{config.max_steps} steps x {prompts} prompts x {prompt:.0f} tokens, every label scored",
+                        sampling=sampled * (prompt + config.max_new_tokens), row_tokens=prompt)
+        per_step = config.global_batch_size * (prompt + config.max_new_tokens)
         return Work(config.max_steps * per_step, config.max_steps, stats.tokenize_seconds,
                     f"{config.max_steps} steps x {config.global_batch_size} replies x ({prompt:.0f} prompt + "
                     f"{config.max_new_tokens} new tokens)", sampling=sampled * (prompt + config.max_new_tokens),

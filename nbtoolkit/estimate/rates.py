@@ -102,7 +102,8 @@ def method_id(kind: str, config: Any) -> str:
     if kind in ("sft_lora", "sft_full"):
         return f"{kind}/mb{config.micro_batch_size}x{config.parallel_micro_batches}"
     if kind == "rft_lora":
-        return f"{kind}/mb{config.micro_batch_size}/g{config.number_generation}"
+        labels = "/labels" if config.label_groups else ""  # every label scored: no sampling, another token cost
+        return f"{kind}/mb{config.micro_batch_size}/g{config.number_generation}{labels}"
     return f"{kind}/b{config.batch_size}" + ("/loglik" if config.loglik else "")
 
 
@@ -316,6 +317,12 @@ def calibration_spec(spec: Any) -> tuple[Any, int]:
         # A GRPO step of 8 replies takes about 30 s on 2 cores: time one step of one prompt group (same group size,
         # same forward passes up to a group), and sample a few prompts for the precheck and dynamic sampling.
         group = config.number_generation
+        if config.label_groups:  # one step of one forward pass of prompts scored on every label; nothing sampled
+            prompts = min(config.micro_batch_size, config.global_batch_size // group)
+            small = replace(config, max_steps=1, warmup_steps=0, save_steps=1, logging_steps=1,
+                            global_batch_size=group * prompts, micro_batch_size=prompts)
+            return (replace(spec, config=small, eval_file=None, extra={"precheck_prompts": CALIBRATION_PROMPTS}),
+                    max(CALIBRATION_PROMPTS, prompts))
         micro = min(config.micro_batch_size, group)  # a micro batch above the group: the group in one pass
         one_group = group % micro == 0
         small = replace(config, max_steps=1, warmup_steps=0, save_steps=1, logging_steps=1,
