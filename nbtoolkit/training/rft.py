@@ -489,19 +489,18 @@ def run_rft(
     shared = shared_prefix_length(prompts)
     shared = shared if shared >= MIN_SHARED_PREFIX else 0
 
-    if config.label_groups:
-        replies = label_continuations(tokenizer, labels)
-        label_rewards = {}
+    label_replies = label_continuations(tokenizer, labels) if config.label_groups else []
+    label_rewards: dict[int, tuple[list[float], list[dict[str, float]]]] = {}
 
-    def label_groups() -> list[ReplyGroup]:
+    def draw_label_groups() -> list[ReplyGroup]:
         """One step's prompts, each with every label as its group (rewards computed once per prompt)."""
         chosen = [stream.next() for _ in range(plan.prompts_per_step)]
         progress.rows_seen = stream.position
         for i in chosen:
             if i not in label_rewards:
                 label_rewards[i] = _scored(reward_fn, _samples(records[i], list(labels)))
-        return [ReplyGroup(records[i], list(prompts[i]), replies, [False] * len(replies), *label_rewards[i])
-                for i in chosen]
+        return [ReplyGroup(records[i], list(prompts[i]), label_replies, [False] * len(label_replies),
+                           *label_rewards[i]) for i in chosen]
 
     def draw_groups() -> tuple[list[ReplyGroup], list[ReplyGroup]]:
         """(groups sampled, groups to train on) for one step."""
@@ -535,7 +534,7 @@ def run_rft(
             break
         started = time.perf_counter()
         if config.label_groups:
-            sampled = trained = label_groups()
+            sampled = trained = draw_label_groups()
         else:
             sampled, trained = draw_groups()
         sampling_seconds = time.perf_counter() - started
