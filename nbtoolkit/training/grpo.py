@@ -93,6 +93,12 @@ class StepStats:
     kl: float = 0.0
     entropy: float = 0.0
 
+    def add(self, terms: dict[str, torch.Tensor], weights: torch.Tensor) -> None:
+        """Add the weighted sums of a pass's per-token terms (_token_terms)."""
+        for name in ("loss", "policy_loss", "kl", "entropy"):
+            if name in terms:
+                setattr(self, name, getattr(self, name) + float((weights * terms[name]).detach().sum()))
+
     def means(self) -> dict[str, float | None]:
         if not self.tokens:
             return {"loss": 0.0, "policy_loss": 0.0, "kl": None, "entropy": None}
@@ -113,24 +119,37 @@ def backward_groups(policy, groups: Sequence[ReplyGroup], *, kl_coef: float, ent
             chunk = examples[start:start + micro_batch_size]
             lengths = torch.tensor([example.answer_length for example in chunk])
             per_token = torch.repeat_interleave(advantages[start:start + len(chunk)], lengths).to(device)
-            reference = None
-            if kl_coef:
-                with torch.no_grad(), policy.disable_adapter(), autocast():
-                    reference, _ = token_logprobs(policy, chunk, pad_id, device, mode)
-            with autocast():
-                logp, entropy = token_logprobs(policy, chunk, pad_id, device, mode)
-            policy_term = -torch.exp(logp - logp.detach()) * per_token
-            loss = policy_term - entropy_coef * entropy
-            if reference is not None:
-                gap = reference - logp
-                kl = torch.exp(gap) - gap - 1
-                loss = loss + kl_coef * kl
-                stats.kl += float(kl.detach().sum())
-            (loss.sum() / stats.tokens).backward()
-            stats.loss += float(loss.detach().sum())
-            stats.policy_loss += float(policy_term.detach().sum())
-            stats.entropy += float(entropy.detach().sum())
+            logp, entropy, reference = _policy_and_reference(
+                policy, lambda: token_logprobs(policy, chunk, pad_id, device, mode), kl_coef, autocast)
+            terms = _token_terms(logp, entropy, reference, per_token, kl_coef=kl_coef, entropy_coef=entropy_coef)
+            (terms["loss"].sum() / stats.tokens).backward()
+            stats.add(terms, torch.ones_like(logp))
     return stats
+
+
+def _policy_and_reference(policy, score: Callable, kl_coef: float, autocast: Callable):
+    """(log-probs, entropies, reference log-probs or None) of score() under the policy, and under the reference
+    (the adapters switched off, no gradient) when kl_coef is set."""
+    reference = None
+    if kl_coef:
+        with torch.no_grad(), policy.disable_adapter(), autocast():
+            reference, _ = score()
+    with autocast():
+        logp, entropy = score()
+    return logp, entropy, reference
+
+
+def _token_terms(logp: torch.Tensor, entropy: torch.Tensor, reference: torch.Tensor | None,
+                 advantages: torch.Tensor, *, kl_coef: float, entropy_coef: float) -> dict[str, torch.Tensor]:
+    """GRPO's per-token loss and its parts: -advantage x ratio (1 on policy; its gradient is advantage x the
+    log-prob's), the k3 KL to the reference when there is one, minus the entropy bonus."""
+    terms = {"policy_loss": -torch.exp(logp - logp.detach()) * advantages, "entropy": entropy}
+    terms["loss"] = terms["policy_loss"] - entropy_coef * entropy
+    if reference is not None:
+        gap = reference - logp
+        terms["kl"] = torch.exp(gap) - gap - 1
+        terms["loss"] = terms["loss"] + kl_coef * terms["kl"]
+    return terms
 
 
 def label_logprobs(model, groups: Sequence[ReplyGroup], pad_id: int, device, mode: LossMode = LossMode()
@@ -209,12 +228,8 @@ def backward_label_groups(policy, groups: Sequence[ReplyGroup], *, kl_coef: floa
         count = len(chunk)
         rewards = torch.tensor([group.rewards for group in chunk], dtype=torch.float32, device=device)
         reply_of_token = torch.arange(count * labels, device=device).repeat_interleave(sizes.repeat(count))
-        reference = None
-        if kl_coef:
-            with torch.no_grad(), policy.disable_adapter(), autocast():
-                reference, _ = label_logprobs(policy, chunk, pad_id, device, mode)
-        with autocast():
-            logp, entropy = label_logprobs(policy, chunk, pad_id, device, mode)
+        logp, entropy, reference = _policy_and_reference(
+            policy, lambda: label_logprobs(policy, chunk, pad_id, device, mode), kl_coef, autocast)
         sequence = torch.zeros(count * labels, device=device).index_add(0, reply_of_token, logp.float())
         with torch.no_grad():
             q = torch.softmax(sequence.view(count, labels), dim=1)
@@ -224,18 +239,10 @@ def backward_label_groups(policy, groups: Sequence[ReplyGroup], *, kl_coef: floa
             length = (q * sizes).sum(1)
             # each token's weight: its reply's probability / (its group's q-weighted length x number of groups)
             weights = (q.flatten() / (length.repeat_interleave(labels) * total))[reply_of_token]
-        policy_term = -logp * advantages
-        loss = policy_term - entropy_coef * entropy
-        if reference is not None:
-            gap = reference - logp
-            kl = torch.exp(gap) - gap - 1
-            loss = loss + kl_coef * kl
-            stats.kl += float((weights * kl).detach().sum()) * stats.tokens
-        (weights * loss).sum().backward()
-        # Sums scaled so that StepStats.means() gives the mean over groups of the q-weighted per-token values.
-        stats.loss += float((weights * loss).detach().sum()) * stats.tokens
-        stats.policy_loss += float((weights * policy_term).detach().sum()) * stats.tokens
-        stats.entropy += float((weights * entropy).detach().sum()) * stats.tokens
+        terms = _token_terms(logp, entropy, reference, advantages, kl_coef=kl_coef, entropy_coef=entropy_coef)
+        (weights * terms["loss"]).sum().backward()
+        # Scaled so that StepStats.means() gives the mean over groups of the q-weighted per-token values.
+        stats.add(terms, weights * stats.tokens)
         means.append(mean.flatten())
         spreads.append(spread.flatten())
         probabilities.append(torch.stack([(q * (rewards > 0)).sum(1), q.max(1).values], dim=1))
