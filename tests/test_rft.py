@@ -225,6 +225,7 @@ def test_label_group_gradient_is_the_normalized_gradient_of_the_expected_reward(
         assert float((a - b).abs().max()) <= 1e-6 + 1e-3 * float(b.abs().max())
     assert row["reward_mean"] == pytest.approx(float(expected.detach()), abs=1e-5)
     assert float(q.min()) > 0.2 and row["frac_zero_variance_groups"] == 0.0 and stats.tokens == 6
+    assert stats.means()["kl"] is None  # kl_coef 0: no reference pass, nothing measured
 
 
 def test_label_groups_of_a_step_in_one_batch_match_each_group_scored_alone():

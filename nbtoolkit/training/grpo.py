@@ -90,20 +90,20 @@ class StepStats:
     tokens: int = 0
     loss: float = 0.0
     policy_loss: float = 0.0
-    kl: float = 0.0
+    kl: float | None = None  # None: not measured (no reference pass when kl_loss_coef is 0)
     entropy: float = 0.0
 
     def add(self, terms: dict[str, torch.Tensor], weights: torch.Tensor) -> None:
         """Add the weighted sums of a pass's per-token terms (_token_terms)."""
         for name in ("loss", "policy_loss", "kl", "entropy"):
             if name in terms:
-                setattr(self, name, getattr(self, name) + float((weights * terms[name]).detach().sum()))
+                setattr(self, name, (getattr(self, name) or 0.0) + float((weights * terms[name]).detach().sum()))
 
     def means(self) -> dict[str, float | None]:
         if not self.tokens:
             return {"loss": 0.0, "policy_loss": 0.0, "kl": None, "entropy": None}
         return {"loss": self.loss / self.tokens, "policy_loss": self.policy_loss / self.tokens,
-                "kl": self.kl / self.tokens, "entropy": self.entropy / self.tokens}
+                "kl": None if self.kl is None else self.kl / self.tokens, "entropy": self.entropy / self.tokens}
 
 
 def backward_groups(policy, groups: Sequence[ReplyGroup], *, kl_coef: float, entropy_coef: float, pad_id: int,
