@@ -471,6 +471,36 @@ def test_resume_continues_the_step_count(workspace, tmp_path):
     assert (run_dir / "checkpoints" / "step-3").is_dir()
 
 
+class StopAtStep(RunLog):
+    """A run log that requests a stop once the training row of `step` is written."""
+
+    def __init__(self, run_dir, stop: threading.Event, step: int) -> None:
+        super().__init__(run_dir, echo=None)
+        self.stop, self.step = stop, step
+
+    def metric(self, **values) -> None:
+        super().metric(**values)
+        if values.get("phase") == "train" and values.get("step") == self.step:
+            self.stop.set()
+
+
+def test_a_resumed_run_keeps_the_warnings_raised_before_the_stop_without_repeating_them(workspace, tmp_path):
+    from nbtoolkit.runtime.events import LOG_FILE
+
+    run_dir = tmp_path / "run"
+    config = _config(max_steps=5, save_steps=5, dynamic_sampling=0)
+    stop = threading.Event()
+    first = _run(workspace, run_dir, config, log=StopAtStep(run_dir, stop, rft.ZERO_VARIANCE_ROWS),
+                 reward_fn=always_negative, stop_event=stop)
+    flat = [w for w in first["warnings"] if "no reward variance" in w]
+    assert first["steps"] == rft.ZERO_VARIANCE_ROWS and len(flat) == 1  # every group scores -1
+
+    second = _run(workspace, run_dir, config, reward_fn=always_negative, resume=True)
+    assert second["steps"] == 5
+    assert [w for w in second["warnings"] if "no reward variance" in w] == flat
+    assert (run_dir / LOG_FILE).read_text().count("no reward variance") == 1
+
+
 def test_stopped_and_resumed_run_trains_the_same_adapter_as_one_run(workspace, tmp_path):
     from safetensors.torch import load_file
 

@@ -523,6 +523,10 @@ def run_rft(
         return sampled, keep[:plan.prompts_per_step]
 
     health = TrainingHealth()
+    if first_step:  # a resumed run: the warning signs see the whole run, and those raised before are not repeated
+        for row in read_metrics(run_dir):
+            if row.get("phase") == "train":
+                warnings.extend(health.update(row))
     share = CoreShare.for_this_process()
     share.enabled = share.enabled and loaded.plan.device_type == "cpu"
     window: list[dict] = []
