@@ -57,16 +57,17 @@ def _run(workspace, run_dir, config, log=None, **kwargs):
                        labels=LABELS, log=log or RunLog(run_dir, echo=None), **kwargs)
 
 
-class StopAfterFirstRow(RunLog):
-    """A run log that requests a stop once the first training row is written (as a notebook's Stop button would)."""
+class StopAtStep(RunLog):
+    """A run log that requests a stop once the training row of `step` is written (as a notebook's Stop button
+    would)."""
 
-    def __init__(self, run_dir, stop: threading.Event) -> None:
+    def __init__(self, run_dir, stop: threading.Event, step: int) -> None:
         super().__init__(run_dir, echo=None)
-        self.stop = stop
+        self.stop, self.step = stop, step
 
     def metric(self, **values) -> None:
         super().metric(**values)
-        if values.get("phase") == "train":
+        if values.get("phase") == "train" and values.get("step") == self.step:
             self.stop.set()
 
 
@@ -185,7 +186,7 @@ def test_grpo_step_raises_rewarded_replies_and_lowers_the_others():
         assert (new > old) if reward > 0 else (new < old), (reward, old, new)
 
 
-def _label_group(loaded, rewards=(1.0, -1.0, -1.0)):
+def _label_group(rewards=(1.0, -1.0, -1.0)):
     head = [(7 * i) % 90 + 5 for i in range(24)]
     replies = [[22, 2], [25, 2], [31, 2]]  # about equally likely under the tiny policy
     return grpo.ReplyGroup({"id": "0"}, head + [11], replies, [False] * 3, list(rewards))
@@ -201,7 +202,7 @@ def test_label_group_gradient_is_the_normalized_gradient_of_the_expected_reward(
     from nbtoolkit.training.sft import LossMode
 
     loaded, policy = _tiny_policy()
-    group = _label_group(loaded)
+    group = _label_group()
     policy.zero_grad(set_to_none=True)
     stats, row = grpo.backward_label_groups(policy, [group], kl_coef=0.0, entropy_coef=0.0, pad_id=0, device="cpu",
                                             autocast=contextlib.nullcontext, prompts_per_pass=1,
@@ -266,7 +267,7 @@ def test_label_group_steps_raise_the_rewarded_label():
     import torch
 
     loaded, policy = _tiny_policy()
-    group = _label_group(loaded, rewards=(-1.0, 1.0, -1.0))
+    group = _label_group(rewards=(-1.0, 1.0, -1.0))
     optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.5)
     rewards = []
     for _ in range(4):
@@ -426,7 +427,7 @@ def test_dynamic_sampling_trains_only_groups_whose_rewards_differ(dynamic_sampli
 def test_default_reward_by_name_and_stop_event(workspace, tmp_path):
     run_dir = tmp_path / "run"
     stop = threading.Event()
-    summary = _run(workspace, run_dir, _config(max_steps=4, save_steps=4), log=StopAfterFirstRow(run_dir, stop),
+    summary = _run(workspace, run_dir, _config(max_steps=4, save_steps=4), log=StopAtStep(run_dir, stop, 1),
                    stop_event=stop)
 
     # the request made while step 1 was logged is honoured before step 2 starts, with a checkpoint
@@ -453,7 +454,7 @@ def test_resume_continues_the_step_count(workspace, tmp_path):
     run_dir = tmp_path / "run"
     config = _config(max_steps=3, save_steps=3)
     stop = threading.Event()
-    first = _run(workspace, run_dir, config, log=StopAfterFirstRow(run_dir, stop), reward_fn=length_parity_reward,
+    first = _run(workspace, run_dir, config, log=StopAtStep(run_dir, stop, 1), reward_fn=length_parity_reward,
                  stop_event=stop)
     assert first["steps"] == 1
 
@@ -469,19 +470,6 @@ def test_resume_continues_the_step_count(workspace, tmp_path):
     assert [row["step"] for row in rows if row.get("phase") == "train"] == [1, 2, 3]
     assert [row["phase"] for row in rows].count("precheck") == 1
     assert (run_dir / "checkpoints" / "step-3").is_dir()
-
-
-class StopAtStep(RunLog):
-    """A run log that requests a stop once the training row of `step` is written."""
-
-    def __init__(self, run_dir, stop: threading.Event, step: int) -> None:
-        super().__init__(run_dir, echo=None)
-        self.stop, self.step = stop, step
-
-    def metric(self, **values) -> None:
-        super().metric(**values)
-        if values.get("phase") == "train" and values.get("step") == self.step:
-            self.stop.set()
 
 
 def test_a_resumed_run_keeps_the_warnings_raised_before_the_stop_without_repeating_them(workspace, tmp_path):
@@ -507,7 +495,7 @@ def test_stopped_and_resumed_run_trains_the_same_adapter_as_one_run(workspace, t
     config = _config(max_steps=3, save_steps=3)
     _run(workspace, tmp_path / "straight", config, reward_fn=length_parity_reward)
     run_dir, stop = tmp_path / "resumed", threading.Event()
-    _run(workspace, run_dir, config, log=StopAfterFirstRow(run_dir, stop), reward_fn=length_parity_reward,
+    _run(workspace, run_dir, config, log=StopAtStep(run_dir, stop, 1), reward_fn=length_parity_reward,
          stop_event=stop)
     _run(workspace, run_dir, config, reward_fn=length_parity_reward, resume=True)
 
