@@ -27,7 +27,7 @@ import torch
 
 from nbtoolkit.generation import MIN_SHARED_PREFIX
 from nbtoolkit.generation import shared_prefix_length as token_prefix_length
-from nbtoolkit.training.sft import ChatExample, LossMode, base_model, collate, hidden_states
+from nbtoolkit.training.sft import ChatExample, LossMode, base_model, collate, hidden_states, shared_head_cache
 
 ADVANTAGE_EPS = 1e-4
 FLAT_TOLERANCE = 1e-6  # rewards closer than this count as equal: the group has no advantage anywhere
@@ -77,10 +77,13 @@ def token_logprobs(model, examples: Sequence[ChatExample], pad_id: int, device, 
     else:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         logits = logits[batch.answer_positions]
+    return _chosen_and_entropy(logits, batch.targets)
+
+
+def _chosen_and_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each target token and the entropy of its position's distribution."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    chosen = logp.gather(-1, batch.targets[:, None]).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return chosen, entropy
+    return logp.gather(-1, targets[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
 
 
 @dataclass
@@ -164,8 +167,6 @@ def label_logprobs(model, groups: Sequence[ReplyGroup], pad_id: int, device, mod
     if not (mode.head_only and mode.share_prefix) or head < MIN_SHARED_PREFIX:
         parts = [token_logprobs(model, group.examples(), pad_id, device, mode) for group in groups]
         return torch.cat([logp for logp, _ in parts]), torch.cat([entropy for _, entropy in parts])
-    from transformers import DynamicCache
-
     base = base_model(model)
     decoder = base.get_decoder()
     count = len(prompts)
@@ -192,20 +193,14 @@ def label_logprobs(model, groups: Sequence[ReplyGroup], pad_id: int, device, mod
             allowed[i, span, head:head + n] = True
             allowed[i, span, head + start:head + start + len(reply)] = torch.ones(len(reply), len(reply),
                                                                                  dtype=torch.bool).tril()
-    cache = DynamicCache(config=base.config)
-    decoder(input_ids=torch.tensor([prompts[0][:head]], device=device), past_key_values=cache, use_cache=True)
-    cache.batch_repeat_interleave(count)
+    cache = shared_head_cache(base, torch.tensor([prompts[0][:head]], device=device), count)
     hidden = decoder(input_ids=ids.to(device), attention_mask=allowed[:, None].to(device),
                      position_ids=positions.to(device), past_key_values=cache, use_cache=True).last_hidden_state
     # The hidden state predicting reply token j: the prompt's last for j = 0, the reply's token j - 1 after that.
     rows = [torch.cat([hidden[i, own[i] - 1:own[i]], hidden[i, start:start + len(reply) - 1]])
             for i in range(count) for start, reply in zip(starts, replies)]
-    logits = base.get_output_embeddings()(torch.cat(rows))
-    logp = torch.log_softmax(logits.float(), dim=-1)
     targets = torch.tensor([token for _ in range(count) for reply in replies for token in reply], device=device)
-    chosen = logp.gather(-1, targets[:, None]).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return chosen, entropy
+    return _chosen_and_entropy(base.get_output_embeddings()(torch.cat(rows)), targets)
 
 
 def backward_label_groups(policy, groups: Sequence[ReplyGroup], *, kl_coef: float, entropy_coef: float, pad_id: int,

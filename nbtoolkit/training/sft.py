@@ -66,6 +66,7 @@ __all__ = [
     "base_model",
     "collate",
     "hidden_states",
+    "shared_head_cache",
     "latest_checkpoint",
     "lr_factor",
     "make_optimizer",
@@ -211,6 +212,17 @@ def shared_prefix_length(batch: SFTBatch) -> int:
     return min(token_prefix_length(batch.input_ids.tolist()), first_answer)
 
 
+def shared_head_cache(base: torch.nn.Module, head: torch.Tensor, rows: int):
+    """The decoder's keys and values of `head` (token ids, shape (1, length)), run once and repeated for `rows`
+    rows; gradients flow through them."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=base.config)
+    base.get_decoder()(input_ids=head, past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
 def hidden_states(base: torch.nn.Module, batch: SFTBatch, share_prefix: bool) -> tuple[torch.Tensor, int]:
     """The decoder's last hidden states, and the offset of their first position. With share_prefix, the prefix
     that all rows share runs once and its keys and values are repeated for every row (gradients flow through
@@ -220,11 +232,7 @@ def hidden_states(base: torch.nn.Module, batch: SFTBatch, share_prefix: bool) ->
     prefix = shared_prefix_length(batch) if share_prefix else 0
     if prefix < MIN_SHARED_PREFIX:
         return decoder(input_ids=batch.input_ids, attention_mask=attention, use_cache=False).last_hidden_state, 0
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=base.config)
-    decoder(input_ids=batch.input_ids[:1, :prefix], past_key_values=cache, use_cache=True)
-    cache.batch_repeat_interleave(batch.input_ids.shape[0])
+    cache = shared_head_cache(base, batch.input_ids[:1, :prefix], batch.input_ids.shape[0])
     output = decoder(input_ids=batch.input_ids[:, prefix:], attention_mask=attention, past_key_values=cache,
                      use_cache=True)
     return output.last_hidden_state, prefix
