@@ -146,6 +146,15 @@ def test_calibration_is_cached_per_machine_model_method_and_plan(tmp_path, cache
     assert calls == [4, 2]
 
 
+def test_full_fine_tuning_with_frozen_layers_has_its_own_rate():
+    every = SFTFullConfig.for_platform("local")
+    frozen = every.with_overrides(frozen_layers=20)
+    assert rates.method_id("sft_full", every) == "sft_full/mb8x1"
+    assert rates.method_id("sft_full", frozen) == "sft_full/mb8x1/frozen20"  # less backward: another token cost
+    small, _ = rates.calibration_spec(JobSpec("sft_full", frozen, model="m", train_file="t"))
+    assert rates.method_id("sft_full", small.config) == rates.method_id("sft_full", frozen)
+
+
 def test_without_a_rate_the_estimate_says_how_to_get_one(tmp_path, cache, tiny_dir):
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows(16))
     found = local.estimate_spec(_sft_spec(tiny_dir, train))

@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from nbtoolkit.errors import DataError, NbtoolkitError
+from nbtoolkit.errors import ConfigError, DataError, NbtoolkitError
 from nbtoolkit.generation import generate_replies
 from nbtoolkit.models import answer_terminator_ids, load_model, tiny_model
 from nbtoolkit.runtime.events import RunLog, read_metrics
@@ -25,6 +25,7 @@ from nbtoolkit.training.sft import (
     run_sft,
     shared_prefix_length,
     tokenize_chat,
+    train_above,
 )
 
 LABEL_OF_WORD = {"apple": "HQ", "river": "LQ_EDIT", "stone": "LQ_CLOSE"}
@@ -265,6 +266,39 @@ def test_full_run_writes_model_without_adapter(tiny_dir, train_file, tmp_path):
     base = load_model(tiny_dir)
     assert not torch.equal(trained.model.model.embed_tokens.weight, base.model.model.embed_tokens.weight)
     assert trained.tokenizer.chat_template == base.tokenizer.chat_template
+
+
+def test_frozen_layers_keep_the_other_weights_gradients_and_stop_backward_below_them(tiny):
+    examples = [tokenize_chat(r["messages"], tiny.tokenizer, max_length=200, max_prompt_tokens=100)
+                for r in chat_rows(4, seed=3)]
+    batch = collate(examples, tiny.tokenizer.pad_token_id)
+    model = load_model(tiny.path).model
+    blocks = model.model.layers
+    gradients = {}
+    for frozen in (0, 1):
+        train_above(model, frozen)
+        model.zero_grad(set_to_none=True)
+        answer_token_loss(model, batch).backward()
+        gradients[frozen] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    frozen_names = {n for n, _ in model.named_parameters()
+                    if n.startswith(("model.layers.0.", "model.embed_tokens"))}
+    assert frozen_names and not frozen_names & gradients[1].keys()
+    assert gradients[1].keys() == gradients[0].keys() - frozen_names - {"lm_head.weight"}
+    for name, gradient in gradients[1].items():  # freezing below changes no gradient above
+        assert torch.allclose(gradient, gradients[0][name], atol=1e-6, rtol=1e-4), name
+    with pytest.raises(ConfigError, match=f"frozen_layers={len(blocks)} .* {len(blocks)} blocks"):
+        train_above(model, len(blocks))
+
+
+def test_a_run_with_frozen_layers_trains_only_the_blocks_above_them(tiny_dir, train_file, tmp_path):
+    summary = train(full_config(frozen_layers=1), tiny_dir, train_file, tmp_path / "frozen")
+    assert summary["status"] == "completed"
+    trained, base = (load_model(path).model.state_dict() for path in (tmp_path / "frozen" / "model", tiny_dir))
+    unchanged = {name for name, weight in trained.items() if torch.equal(weight, base[name])}
+    assert {n for n in trained if n.startswith(("model.layers.0.", "model.embed_tokens"))} <= unchanged
+    assert not any(n.startswith("model.layers.1.") and n.endswith("proj.weight") for n in unchanged)
+    log = (tmp_path / "frozen" / "log.txt").read_text()
+    assert "full fine-tuning above the lowest 1 blocks" in log
 
 
 def test_lora_plus_gives_b_matrices_a_larger_learning_rate(tiny):

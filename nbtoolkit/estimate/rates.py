@@ -100,7 +100,8 @@ def model_id(model: str) -> str:
 def method_id(kind: str, config: Any) -> str:
     """The method and the batch shape that change a token's cost (micro batch, group size, generation batch)."""
     if kind in ("sft_lora", "sft_full"):
-        return f"{kind}/mb{config.micro_batch_size}x{config.parallel_micro_batches}"
+        frozen = f"/frozen{config.frozen_layers}" if getattr(config, "frozen_layers", 0) else ""  # less backward
+        return f"{kind}/mb{config.micro_batch_size}x{config.parallel_micro_batches}{frozen}"
     if kind == "rft_lora":
         labels = "/labels" if config.label_groups else ""  # every label scored: no sampling, another token cost
         return f"{kind}/mb{config.micro_batch_size}/g{config.number_generation}{labels}"

@@ -230,6 +230,10 @@ class SFTLoraConfig(_SFTFields):
 class SFTFullConfig(_SFTFields):
     """Supervised fine-tuning of every weight (graduate to it only after LoRA works)."""
 
+    frozen_layers: int = field(default=0, metadata=_help(
+        "local only: the lowest N transformer blocks and the token embeddings keep their weights; backward stops "
+        "above them, so a step costs less time and memory (0: every weight trains)"))
+
     METHOD: ClassVar[str] = "sft_full"
     DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "local": {"lr": 3e-5, "warmup_steps": 15, "max_steps": 200, "global_batch_size": 8, "micro_batch_size": 8,
@@ -238,8 +242,8 @@ class SFTFullConfig(_SFTFields):
                  "max_length": 8192, "save_steps": 100},
     }
     BOUNDS: ClassVar[dict[str, dict[str, Any]]] = {
-        "local": _LOCAL_TRAINING_BOUNDS,
-        "nova": {"lr": (1e-7, 1e-4), "warmup_steps": (0, 100), "max_steps": (4, 100_000),
+        "local": {**_LOCAL_TRAINING_BOUNDS, "frozen_layers": (0, 1000)},
+        "nova": {"frozen_layers": (0, 0), "lr": (1e-7, 1e-4), "warmup_steps": (0, 100), "max_steps": (4, 100_000),
                  "global_batch_size": choices(32, 64, 128, 256), "max_length": (1024, 32_768)},
     }
 

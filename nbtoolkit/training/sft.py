@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from nbtoolkit.data.chat import read_chat_rows
-from nbtoolkit.errors import DataError, ModelError, NbtoolkitError
+from nbtoolkit.errors import ConfigError, DataError, ModelError, NbtoolkitError
 from nbtoolkit.generation import encode_prompts
 from nbtoolkit.generation import shared_prefix_length as token_prefix_length
 from nbtoolkit.models import answer_terminator_ids, load_model
@@ -349,6 +349,25 @@ def _with_adapters(model: torch.nn.Module, config: SFTLoraConfig) -> torch.nn.Mo
                          f"its linear layers are named {linear}") from error
 
 
+def train_above(model: torch.nn.Module, frozen_layers: int) -> None:
+    """Make every weight trainable except the token embeddings and the lowest `frozen_layers` decoder blocks
+    (none when 0). Nothing below the lowest trained block needs a gradient, so autograd neither stores the frozen
+    blocks' activations nor runs their backward."""
+    model.requires_grad_(True)
+    if not frozen_layers:
+        return
+    blocks = getattr(base_model(model).get_decoder(), "layers", None)
+    if not isinstance(blocks, torch.nn.ModuleList):
+        raise ConfigError(f"frozen_layers={frozen_layers} needs a decoder whose blocks are a list (`layers`); this "
+                          "model's is not: use frozen_layers=0")
+    if frozen_layers >= len(blocks):
+        raise ConfigError(f"frozen_layers={frozen_layers} leaves no block to train: this model has {len(blocks)} "
+                          "blocks")
+    model.get_input_embeddings().requires_grad_(False)  # tied to the LM head in small models: it stays too
+    for block in blocks[:frozen_layers]:
+        block.requires_grad_(False)
+
+
 def make_optimizer(model: torch.nn.Module, config: SFTLoraConfig | SFTFullConfig) -> torch.optim.Optimizer:
     """AdamW on the trainable parameters (no weight decay); with LoRA+ (lora_plus_lr_ratio > 1) the B matrices
     get lr * ratio."""
@@ -482,7 +501,7 @@ def run_sft(
     torch.manual_seed(config.seed)  # LoRA initialisation
     net = _with_adapters(loaded.model, config) if lora else loaded.model
     if not lora:
-        net.requires_grad_(True)
+        train_above(net, config.frozen_layers)
     mode = exact_loss_mode(net, sorted(train, key=lambda e: e.length)[:2], pad_id, device)
     if not mode.head_only:
         log.warning("this model post-processes its logits, so the loss uses full logits (slower)")
@@ -504,7 +523,8 @@ def run_sft(
         progress.config = config.to_dict()
         log.info(f"resumed from {checkpoint.name}")
 
-    method = f"LoRA r={config.lora_r} alpha={config.alpha}" if lora else "full fine-tuning"
+    method = (f"LoRA r={config.lora_r} alpha={config.alpha}" if lora else "full fine-tuning" + (
+        f" above the lowest {config.frozen_layers} blocks" if config.frozen_layers else ""))
     accumulation = config.global_batch_size // config.micro_batch_size
     log.info(f"SFT ({method}) of {loaded.spec.name}: {len(train):,} rows (mean {np.mean([e.length for e in train]):.0f}"
              f" tokens), {config.max_steps} steps of {config.global_batch_size} rows"
