@@ -28,7 +28,7 @@ from nbtoolkit.stages import PROFILES  # noqa: E402
 from nbtoolkit.training.config import EvalConfig, RFTLoraConfig  # noqa: E402
 
 
-def _run_files(run: Path) -> dict:
+def run_files(run: Path) -> dict:
     """The files of a finished pipeline run; a run without an RFT stage uses the RFT prompts and validation rows
     its data split set aside all the same."""
     stages = read_json(run / "stages.json")
@@ -43,7 +43,7 @@ def _run_files(run: Path) -> dict:
             "sft_eval": Path(stages["jobs"]["eval-sft"]) / "eval"}
 
 
-def _eval(runtime: LocalRuntime, model: str, file: Path, labels: list[str], name: str, *, limit: int) -> EvalResult:
+def eval_on(runtime: LocalRuntime, model: str, file: Path, labels: list[str], name: str, *, limit: int) -> EvalResult:
     profile = PROFILES["standard"]
     config = EvalConfig.for_platform("local", **{**profile.eval, "loglik": False, "limit": limit})
     job = runtime.launch(JobSpec("eval", config, model=model, eval_file=str(file), labels=labels, name=name))
@@ -51,7 +51,7 @@ def _eval(runtime: LocalRuntime, model: str, file: Path, labels: list[str], name
     return EvalResult.load(job.run_dir / "eval")
 
 
-def _row(result: EvalResult, base: EvalResult | None) -> dict:
+def score_row(result: EvalResult, base: EvalResult | None) -> dict:
     row = {"exact_match": result.metrics["exact_match"], "stderr": result.metrics["exact_match_stderr"],
            "rows": result.metrics["n"]}
     if base is not None:
@@ -60,14 +60,14 @@ def _row(result: EvalResult, base: EvalResult | None) -> dict:
 
 
 def validate(run: Path, variants: list[tuple[str, dict]]) -> dict:
-    files = _run_files(run)
+    files = run_files(run)
     out = run / "rft-recipe"
     runtime = LocalRuntime(out / "jobs")
     results_file = out / "results.json"
     results = read_json(results_file) if results_file.exists() else {"validation": {}, "test": {}, "jobs": {}}
     rows = PROFILES["standard"].validation["rows"]
-    sft = _eval(runtime, files["sft_model"], files["validation_file"], files["labels"], "validate-sft", limit=rows)
-    results["validation"]["sft"] = _row(sft, None)
+    sft = eval_on(runtime, files["sft_model"], files["validation_file"], files["labels"], "validate-sft", limit=rows)
+    results["validation"]["sft"] = score_row(sft, None)
     for name, overrides in variants:
         settings = {**PROFILES["standard"].rft, **overrides}
         config = RFTLoraConfig.for_platform("local", **settings)
@@ -75,10 +75,10 @@ def validate(run: Path, variants: list[tuple[str, dict]]) -> dict:
                                      eval_file=str(files["validation_file"]), labels=files["labels"],
                                      name=f"rft-{name}"))
         result = job.wait(progress=False)
-        after = _eval(runtime, str(job.run_dir), files["validation_file"], files["labels"], f"validate-{name}",
+        after = eval_on(runtime, str(job.run_dir), files["validation_file"], files["labels"], f"validate-{name}",
                       limit=rows)
         results["jobs"][name] = {"run_dir": str(job.run_dir), "settings": settings, "seconds": result.seconds}
-        results["validation"][name] = _row(after, sft)
+        results["validation"][name] = score_row(after, sft)
         write_json_atomic(results_file, results)
         print(name, json.dumps(results["validation"][name]), f"{result.seconds:.0f} s", flush=True)
     write_json_atomic(results_file, results)
@@ -86,19 +86,20 @@ def validate(run: Path, variants: list[tuple[str, dict]]) -> dict:
 
 
 def test(run: Path, name: str) -> dict:
-    files = _run_files(run)
+    files = run_files(run)
     out = run / "rft-recipe"
     results = read_json(out / "results.json")
     model = results["jobs"][name]["run_dir"]
     runtime = LocalRuntime(out / "jobs")
-    after = _eval(runtime, model, files["eval_file"], files["labels"], f"test-{name}", limit=0)
-    results["test"][name] = _row(after, EvalResult.load(files["sft_eval"]))
+    after = eval_on(runtime, model, files["eval_file"], files["labels"], f"test-{name}", limit=0)
+    results["test"][name] = score_row(after, EvalResult.load(files["sft_eval"]))
     write_json_atomic(out / "results.json", results)
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def command_line(doc: str, validate, test, argv: list[str] | None = None) -> None:
+    """The validate/test command line of a recipe script (this one and sft_recipe.py)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("validate")
     v.add_argument("run", type=Path)
@@ -115,4 +116,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(__doc__, validate, test)
