@@ -76,7 +76,7 @@ def validate(run: Path, variants: list[tuple[str, dict]]) -> dict:
                                      name=f"rft-{name}"))
         result = job.wait(progress=False)
         after = eval_on(runtime, str(job.run_dir), files["validation_file"], files["labels"], f"validate-{name}",
-                      limit=rows)
+                        limit=rows)
         results["jobs"][name] = {"run_dir": str(job.run_dir), "settings": settings, "seconds": result.seconds}
         results["validation"][name] = score_row(after, sft)
         write_json_atomic(results_file, results)

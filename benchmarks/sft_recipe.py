@@ -48,7 +48,7 @@ def validate(run: Path, variants: list[tuple[str, dict]]) -> dict:
                                      extra=extra))
         result = job.wait(progress=False)
         after = eval_on(runtime, str(job.run_dir), files["validation_file"], files["labels"], f"validate-{name}",
-                      limit=rows)
+                        limit=rows)
         output = result.output or {}
         results["jobs"][name] = {"run_dir": str(job.run_dir), "settings": config.to_dict(), "seconds": result.seconds,
                                  "tokens_per_second": output.get("tokens_per_second"),
@@ -65,7 +65,7 @@ def test(run: Path, name: str) -> dict:
     results = read_json(out / "results.json")
     runtime = LocalRuntime(out / "jobs")
     after = eval_on(runtime, results["jobs"][name]["run_dir"], files["eval_file"], files["labels"], f"test-{name}",
-                  limit=0)
+                    limit=0)
     results["test"][name] = score_row(after, EvalResult.load(files["sft_eval"]))
     write_json_atomic(out / "results.json", results)
     return results

@@ -298,7 +298,7 @@ def test_a_run_with_frozen_layers_trains_only_the_blocks_above_them(tiny_dir, tr
     assert {n for n in trained if n.startswith(("model.layers.0.", "model.embed_tokens"))} <= unchanged
     assert not any(n.startswith("model.layers.1.") and n.endswith("proj.weight") for n in unchanged)
     log = (tmp_path / "frozen" / "log.txt").read_text()
-    assert "full fine-tuning above the lowest 1 blocks" in log
+    assert "full fine-tuning, the lowest 1 blocks frozen" in log
 
 
 def test_lora_plus_gives_b_matrices_a_larger_learning_rate(tiny):

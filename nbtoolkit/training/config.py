@@ -243,8 +243,8 @@ class SFTFullConfig(_SFTFields):
     }
     BOUNDS: ClassVar[dict[str, dict[str, Any]]] = {
         "local": {**_LOCAL_TRAINING_BOUNDS, "frozen_layers": (0, 1000)},
-        "nova": {"frozen_layers": (0, 0), "lr": (1e-7, 1e-4), "warmup_steps": (0, 100), "max_steps": (4, 100_000),
-                 "global_batch_size": choices(32, 64, 128, 256), "max_length": (1024, 32_768)},
+        "nova": {"lr": (1e-7, 1e-4), "warmup_steps": (0, 100), "max_steps": (4, 100_000),
+                 "global_batch_size": choices(32, 64, 128, 256), "max_length": (1024, 32_768), "frozen_layers": (0, 0)},
     }
 
 

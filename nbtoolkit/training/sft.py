@@ -524,7 +524,7 @@ def run_sft(
         log.info(f"resumed from {checkpoint.name}")
 
     method = (f"LoRA r={config.lora_r} alpha={config.alpha}" if lora else "full fine-tuning" + (
-        f" above the lowest {config.frozen_layers} blocks" if config.frozen_layers else ""))
+        f", the lowest {config.frozen_layers} blocks frozen" if config.frozen_layers else ""))
     accumulation = config.global_batch_size // config.micro_batch_size
     log.info(f"SFT ({method}) of {loaded.spec.name}: {len(train):,} rows (mean {np.mean([e.length for e in train]):.0f}"
              f" tokens), {config.max_steps} steps of {config.global_batch_size} rows"
