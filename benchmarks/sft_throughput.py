@@ -4,9 +4,11 @@
     nice -n 10 .venv/bin/python benchmarks/sft_throughput.py --steps 4 --full   # every weight, both sides
 
 Both train steps+1 optimizer steps of --batch rows; the first step of each is a warmup and is not counted.
-tokens/s counts prompt + answer tokens (no padding). TRL runs with its defaults (full-sequence loss, gradient
-checkpointing) except bf16: TRL turns bf16 on by default, which on a CPU without native bfloat16 (AVX2) is
-emulated and tens of times slower, so it follows the device plan as ours does (--trl-bf16 restores TRL's default).
+tokens/s counts prompt + answer tokens (no padding). TRL runs at its best CPU settings: its defaults
+(full-sequence loss) with `use_cpu=True`, no gradient checkpointing (--trl-checkpointing restores TRL's default,
+which trades time for memory), and bf16 only where the CPU computes it natively, following the device plan as ours
+does (TRL turns bf16 on by default, which on an AVX2-only CPU is emulated and tens of times slower; --trl-bf16
+restores it).
 Rows are the shared Stack Overflow parquet when present, else synthetic questions; user turns are cut to
 --max-prompt-tokens up front so both trainers see the same text.
 """
@@ -88,9 +90,15 @@ def run_trl(model: str, conversations: list[list[dict]], config, args: argparse.
     lora = None if args.full else LoraConfig(
         r=config.lora_r, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
-    extra = {} if args.trl_bf16 else {"bf16": False}
+    from nbtoolkit.models import plan_device
+
+    # TRL at its best on a CPU: no gradient checkpointing (its default trades time for memory), bf16 only where
+    # the CPU computes it natively (as ours); --trl-checkpointing and --trl-bf16 restore TRL's defaults.
+    plan = plan_device()
+    extra = {} if args.trl_bf16 else {"bf16": plan.autocast_dtype == "bfloat16"}
     trl_args = SFTConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch,
-                         max_steps=args.steps + 1, learning_rate=args.lr, max_length=args.max_length, **extra)
+                         max_steps=args.steps + 1, learning_rate=args.lr, max_length=args.max_length,
+                         use_cpu=plan.device_type == "cpu", gradient_checkpointing=args.trl_checkpointing, **extra)
     trainer = SFTTrainer(model=network, args=trl_args, processing_class=tokenizer, peft_config=lora,
                          train_dataset=Dataset.from_list([{"messages": m} for m in conversations]))
 
@@ -143,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true",
                         help="fine-tune every weight on both sides (the standard profile's method) instead of LoRA")
     parser.add_argument("--trl-bf16", action="store_true", help="keep TRL's bf16 default (slow without native bf16)")
+    parser.add_argument("--trl-checkpointing", action="store_true",
+                        help="keep TRL's gradient checkpointing default (less memory, slower steps)")
     parser.add_argument("--parallel-micro-batches", type=int, default=2,
                         help="also time ours with the step split into this many micro batches computed side by "
                              "side, one thread each (1: skip)")
