@@ -24,7 +24,7 @@ from nbtoolkit.evaluation import EvalResult  # noqa: E402
 from nbtoolkit.runtime import JobSpec, LocalRuntime  # noqa: E402
 from nbtoolkit.runtime.events import read_json, write_json_atomic  # noqa: E402
 from nbtoolkit.stages import PROFILES  # noqa: E402
-from nbtoolkit.training.config import CONFIGS  # noqa: E402
+from nbtoolkit.training.config import config_from_dict  # noqa: E402
 
 
 def validate(run: Path, variants: list[tuple[str, dict]]) -> dict:
@@ -41,8 +41,7 @@ def validate(run: Path, variants: list[tuple[str, dict]]) -> dict:
     base = eval_on(runtime, files["sft_model"], files["validation_file"], files["labels"], "validate-sft", limit=rows)
     results["validation"]["sft"] = score_row(base, None)
     for name, overrides in variants:
-        settings = {**sft["config"], **overrides}
-        config = CONFIGS[settings.pop("method")].from_dict(settings)
+        config = config_from_dict({**sft["config"], **overrides})
         job = runtime.launch(JobSpec(sft["kind"], config, model=sft["model"], train_file=str(here / sft["train_file"]),
                                      eval_file=str(here / sft["eval_file"]), labels=sft["labels"], name=f"sft-{name}",
                                      extra=extra))
